@@ -1,0 +1,13 @@
+"""Eidos: train text-to-image models on a small budget with MaskDiT + flow-anchored consistency (FACM)."""
+
+from eidos.config import ObjectiveConfig
+from eidos.data.batch import Batch, TextEmbeddings
+from eidos.model import MaskDiT, MaskDiTOutput, TokenMask
+from eidos.objectives import FACMObjective
+from eidos.sampling import sample_consistency, sample_flow_euler
+
+__version__ = "0.1.0"
+__all__ = [
+    "Batch", "FACMObjective", "MaskDiT", "MaskDiTOutput", "ObjectiveConfig", "TextEmbeddings", "TokenMask",
+    "sample_consistency", "sample_flow_euler",
+]

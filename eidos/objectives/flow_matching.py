@@ -1,0 +1,31 @@
+"""Flow-matching anchor loss: squared error plus a per-position cosine term, over visible tokens."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from eidos.model.layers import patchify
+
+
+def token_mean(per_token: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Weighted mean over tokens: per_token (B, N), weights (B, N) -> (B,). Zero where a row has no weight."""
+    weights = weights.to(per_token.dtype)
+    return (per_token * weights).sum(dim=1) / weights.sum(dim=1).clamp_min(1.0)
+
+
+def velocity_loss(
+    pred: torch.Tensor, target: torch.Tensor, visible: torch.Tensor, patch_size: int
+) -> torch.Tensor:
+    """mean ||pred - target||^2 + mean(1 - cos(pred, target)), per sample, over visible tokens.
+
+    pred, target (B, C, H, W); visible (B, N) bool; the cosine is over channels at each pixel (FACM).
+    Returns (B,).
+    """
+    channels = pred.shape[1]
+    pred_tokens = patchify(pred.float(), patch_size)  # (B, N, p*p*C)
+    target_tokens = patchify(target.float(), patch_size)
+    squared = (pred_tokens - target_tokens).pow(2).mean(dim=-1)  # (B, N)
+    pixels = (pred_tokens.shape[0], pred_tokens.shape[1], -1, channels)
+    cosine = F.cosine_similarity(pred_tokens.reshape(pixels), target_tokens.reshape(pixels), dim=-1, eps=1e-6)
+    return token_mean(squared + (1 - cosine).mean(dim=-1), visible)

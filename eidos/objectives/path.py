@@ -1,0 +1,36 @@
+"""The one time convention of the project (DESIGN §3, the diffusers one).
+
+s in [0, 1]: s = 0 is data, s = 1 is noise; x_s = (1 - s) x0 + s eps; the conditional velocity is
+u = dx_s/ds = eps - x0. The network's signed time condition is t = -s for the flow branch (instantaneous
+velocity) and t = s for the consistency branch (average velocity from s down to 0).
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def per_sample(s: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """(B,) -> (B, 1, ..., 1) broadcastable against `like`."""
+    return s.reshape(-1, *([1] * (like.ndim - 1)))
+
+
+def interpolate(x0: torch.Tensor, eps: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+    """x_s = (1 - s) x0 + s eps; x0, eps (B, C, H, W), s (B,)."""
+    s = per_sample(s, x0)
+    return (1 - s) * x0 + s * eps
+
+
+def conditional_velocity(x0: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+    """u = dx_s/ds = eps - x0."""
+    return eps - x0
+
+
+def flow_condition(s: torch.Tensor) -> torch.Tensor:
+    """Time condition of the flow (instantaneous velocity) branch: the expanded interval's negative half."""
+    return -s
+
+
+def consistency_condition(s: torch.Tensor) -> torch.Tensor:
+    """Time condition of the consistency (average velocity) branch."""
+    return s

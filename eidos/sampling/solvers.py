@@ -1,0 +1,100 @@
+"""Samplers: plain functions of a velocity model and starting noise, shared by the CLI, the training-time
+sample grids and the pipeline. Time convention of `eidos.objectives.path`: s = 1 noise, s = 0 data.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from eidos.data.batch import TextEmbeddings
+from eidos.objectives.consistency import at_least_float32
+from eidos.objectives.path import consistency_condition, flow_condition
+
+
+def consistency_times(num_steps: int) -> list[float]:
+    """s_k for an N-step consistency sampler: 1, 1 - 1/N, ..., 1/N."""
+    if num_steps < 1:
+        raise ValueError(f"num_steps must be >= 1, got {num_steps}")
+    return [1 - k / num_steps for k in range(num_steps)]
+
+
+def _full(value: float, like: torch.Tensor) -> torch.Tensor:
+    return torch.full((like.shape[0],), value, device=like.device, dtype=at_least_float32(like).dtype)
+
+
+@torch.no_grad()
+def sample_consistency(
+    model: nn.Module,
+    noise: torch.Tensor,
+    text: TextEmbeddings,
+    num_steps: int = 1,
+    times: list[float] | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Multistep consistency sampling (Song et al. 2023) with the average-velocity parametrisation.
+
+    At each s_k: x0_hat = x - s_k G(x, s_k); then re-noise to the next time, x = (1 - s_{k+1}) x0_hat +
+    s_{k+1} eps'. One step is x0_hat = eps - G(eps, 1). noise (B, C, H, W) -> x0_hat (B, C, H, W).
+    """
+    times = consistency_times(num_steps) if times is None else list(times)
+    x = noise
+    for k, s in enumerate(times):
+        velocity = at_least_float32(model(x, consistency_condition(_full(s, x)), **text.model_kwargs()).sample)
+        x0_hat = at_least_float32(x) - s * velocity
+        if k + 1 < len(times):
+            s_next = times[k + 1]
+            fresh = torch.randn(x.shape, generator=generator, device=x.device, dtype=x0_hat.dtype)
+            x = (1 - s_next) * x0_hat + s_next * fresh
+    return x0_hat
+
+
+def flow_velocity(
+    model: nn.Module,
+    x: torch.Tensor,
+    s: float,
+    text: TextEmbeddings,
+    guidance_scale: float = 1.0,
+    negative_text: TextEmbeddings | None = None,
+) -> torch.Tensor:
+    """Instantaneous velocity at time s, with classifier-free guidance when guidance_scale != 1.
+
+    The unconditional branch is the learned null text, or `negative_text` if given; both branches go through
+    the model as one batch of 2B.
+    """
+    t = flow_condition(_full(s, x))
+    if guidance_scale == 1:
+        return at_least_float32(model(x, t, **text.model_kwargs()).sample)
+    size = x.shape[0]
+    if negative_text is None:
+        drop = torch.cat([torch.zeros(size, dtype=torch.bool), torch.ones(size, dtype=torch.bool)]).to(x.device)
+        both = text.concat(text)
+    else:
+        drop = None
+        both = text.concat(negative_text)
+    out = at_least_float32(model(torch.cat([x, x]), torch.cat([t, t]), **both.model_kwargs(), drop_text=drop).sample)
+    cond, uncond = out.chunk(2)
+    return uncond + guidance_scale * (cond - uncond)
+
+
+@torch.no_grad()
+def sample_flow_euler(
+    model: nn.Module,
+    noise: torch.Tensor,
+    text: TextEmbeddings,
+    num_steps: int = 30,
+    guidance_scale: float = 1.0,
+    negative_text: TextEmbeddings | None = None,
+) -> torch.Tensor:
+    """Euler integration of dx/ds = G(x, -s) from s = 1 to s = 0 on a uniform grid (the flow branch).
+
+    Equivalent to diffusers' FlowMatchEulerDiscreteScheduler with sigmas = s and velocity model output.
+    noise (B, C, H, W) -> x0 (B, C, H, W).
+    """
+    if num_steps < 1:
+        raise ValueError(f"num_steps must be >= 1, got {num_steps}")
+    x = at_least_float32(noise)
+    grid = [1 - k / num_steps for k in range(num_steps + 1)]
+    for s, s_next in zip(grid[:-1], grid[1:], strict=True):
+        x = x + (s_next - s) * flow_velocity(model, x, s, text, guidance_scale, negative_text)
+    return x
