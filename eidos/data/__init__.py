@@ -1,4 +1,4 @@
-"""Data: the batch type (and, later, OpenMoji, webdataset shards and the HDF5 cache)."""
+"""Data: the batch types, the embedded OpenMoji set, the HDF5 cache and the resumable loader."""
 
 from eidos.data.batch import Batch, TextEmbeddings
 

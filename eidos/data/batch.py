@@ -30,6 +30,9 @@ class TextEmbeddings:
     def __len__(self) -> int:
         return self.pooled.shape[0]
 
+    def __getitem__(self, index: slice | torch.Tensor) -> TextEmbeddings:
+        return TextEmbeddings(*(None if t is None else t[index] for t in (self.pooled, self.tokens, self.mask)))
+
 
 @dataclass
 class Batch:

@@ -70,18 +70,26 @@ class TimestepEmbedder(nn.Module):
         return self.mlp(features.to(self.mlp[0].weight.dtype))
 
 
+# On CPU an explicit softmax(QK^T)V beats the fused SDPA kernel for short sequences: forward + backward of the
+# tiny preset (64 tokens, batch 64, bf16) took 850 ms against 1,214 ms on our 2-core machine.
+CPU_MATH_ATTENTION_MAX_KEYS = 256
+
+
 def attend(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_mask: torch.Tensor | None, math_attention: bool
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_mask: torch.Tensor | None, backend: str = "auto"
 ) -> torch.Tensor:
     """Multi-head attention on (B, H, L, Dh) tensors; key_mask (B, Lk) is True for keys to attend to.
 
-    `math_attention` uses an explicit softmax(QK^T)V, which supports forward-mode AD (torch.func.jvp);
-    the fused SDPA kernels do not (DESIGN §3).
+    backend "math" is an explicit softmax(QK^T)V, which supports forward-mode AD (torch.func.jvp); the fused
+    SDPA kernels ("sdpa") do not (DESIGN §3). "auto" is SDPA, except math for short sequences on CPU.
     """
+    if backend == "auto":
+        short_on_cpu = q.device.type == "cpu" and k.shape[-2] <= CPU_MATH_ATTENTION_MAX_KEYS
+        backend = "math" if short_on_cpu else "sdpa"
     bias = None
     if key_mask is not None:
         bias = key_mask[:, None, None, :]  # (B, 1, 1, Lk), broadcast over heads and queries
-    if not math_attention:
+    if backend == "sdpa":
         return F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
     scores = (q @ k.transpose(-2, -1)) * q.shape[-1] ** -0.5  # (B, H, Lq, Lk)
     if bias is not None:
@@ -119,7 +127,7 @@ class Attention(nn.Module):
         else:
             q, k, v = self.to_qkv(x).chunk(3, dim=-1)
         q, k, v = (rearrange(t, "b l (h d) -> b h l d", h=self.heads) for t in (q, k, v))
-        out = attend(q, k, v, context_mask if self.cross else None, math_attention)
+        out = attend(q, k, v, context_mask if self.cross else None, "math" if math_attention else "auto")
         return self.proj(rearrange(out, "b h l d -> b l (h d)"))
 
 

@@ -46,6 +46,10 @@ class TokenMask:
             raise ValueError("every sample of a batch must keep the same number of tokens")
         return cls(ids_shuffle=removed.to(torch.uint8).argsort(dim=1, stable=True), num_kept=num_kept)
 
+    def __getitem__(self, index: slice) -> TokenMask:
+        """The masks of a slice of the batch."""
+        return TokenMask(self.ids_shuffle[index], self.num_kept)
+
     @property
     def ids_keep(self) -> torch.Tensor:
         """(B, K) indices of kept tokens, in shuffled order."""

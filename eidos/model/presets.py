@@ -13,7 +13,7 @@ _LATENT_256 = {"in_channels": 4, "sample_size": 32, "patch_size": 2, "text_dim":
 PRESETS: dict[str, dict] = {
     "tiny": {
         "in_channels": 3, "sample_size": 32, "patch_size": 4, "text_dim": 384,
-        "width": 256, "depth": 6, "heads": 4, "decoder_width": 192, "decoder_depth": 2, "decoder_heads": 3,
+        "width": 192, "depth": 6, "heads": 3, "decoder_width": 128, "decoder_depth": 2, "decoder_heads": 2,
     },
     "S/2": {**_LATENT_256, "width": 384, "depth": 12, "heads": 6,
             "decoder_width": 256, "decoder_depth": 4, "decoder_heads": 4},

@@ -88,20 +88,25 @@ class FACMObjective:
         fm = velocity_loss(flow.sample, target_u, visible, patch_size).mean()
         cm = torch.zeros((), device=device)
         if cfg.consistency_weight > 0:
+            # The consistency branch trains on the first `k` examples only (its JVP dominates the step's cost).
+            k = max(1, math.ceil(size * cfg.consistency_batch_fraction))
+            sub = slice(0, k)
+            sub_text = batch.text[sub].model_kwargs()
+            sub_mask = None if token_mask is None else token_mask[sub]
             use_math = cfg.tangent == "jvp"  # fused SDPA has no forward-mode AD
 
             def average_velocity(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
                 return model(
-                    x, consistency_condition(t), **text, drop_text=dropped, token_mask=token_mask,
+                    x, consistency_condition(t), **sub_text, drop_text=dropped[sub], token_mask=sub_mask,
                     math_attention=use_math,
                 ).sample
 
             G, dG = velocity_and_time_derivative(
-                average_velocity, x_s, s, target_u, cfg.tangent, cfg.finite_difference_step
+                average_velocity, x_s[sub], s[sub], target_u[sub], cfg.tangent, cfg.finite_difference_step
             )
-            target = consistency_target(G, dG, target_u, s)
-            per_example = adaptive_consistency_loss(G, target, visible, patch_size, cfg.adaptive_loss_eps)
-            cm = (consistency_weight(s) * per_example).mean()
+            target = consistency_target(G, dG, target_u[sub], s[sub])
+            per_example = adaptive_consistency_loss(G, target, visible[sub], patch_size, cfg.adaptive_loss_eps)
+            cm = (consistency_weight(s[sub]) * per_example).mean()
         mae = torch.zeros((), device=device)
         if self.mask_ratio > 0 and cfg.mae_weight > 0:
             mae = masked_reconstruction_loss(flow.sample, x_s, removed, patch_size).mean()

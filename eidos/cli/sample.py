@@ -1,0 +1,72 @@
+"""`eidos sample`: prompts -> images with an exported model (or a run folder's latest export)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--checkpoint", required=True,
+                        help="exported model folder, run folder (its latest export) or checkpoint folder")
+    parser.add_argument("--prompt", action="append", required=True, help="a prompt; repeat for several")
+    parser.add_argument("--steps", type=int, default=1, help="sampling steps (default 1)")
+    parser.add_argument("--sampler", choices=("consistency", "flow"), default="consistency",
+                        help="consistency (1, 2, N steps) or flow Euler (default consistency)")
+    parser.add_argument("--guidance-scale", type=float, default=1.0, help="CFG scale for flow sampling")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the first image")
+    parser.add_argument("--num-seeds", type=int, default=1, help="images per prompt (seeds seed, seed+1, ...)")
+    parser.add_argument("--out", required=True, help="output PNG (a grid when several prompts or seeds)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+
+
+def resolve_model_folder(path: str | Path) -> Path:
+    """An exported model folder, a run folder (its final export, else its latest checkpoint's) or a checkpoint."""
+    from eidos.sampling.export import INFO_FILE, is_exported_model
+    from eidos.training.checkpoint import latest_checkpoint
+
+    path = Path(path)
+    candidates = [path, path / "model"]
+    checkpoint = latest_checkpoint(path)
+    if checkpoint is not None:
+        candidates.append(checkpoint / "model")
+    for candidate in candidates:
+        if is_exported_model(candidate):
+            return candidate
+    raise FileNotFoundError(
+        f"{path} is not an exported model, a run folder or a checkpoint (no {INFO_FILE} in {path}, "
+        f"{path / 'model'} or its latest checkpoint)"
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    from eidos.sampling import sample_consistency, sample_flow_euler
+    from eidos.sampling.export import load_model
+    from eidos.sampling.grid import labelled_grid, to_pil
+
+    if args.steps < 1 or args.num_seeds < 1:
+        raise ValueError("--steps and --num-seeds must be >= 1")
+    exported = load_model(resolve_model_folder(args.checkpoint), args.device)
+    model, codec = exported.transformer, exported.codec
+    text = exported.text_encoder.encode(args.prompt).to(args.device)
+    shape = (model.config.in_channels, model.config.sample_size, model.config.sample_size)
+    columns = {}
+    for seed in range(args.seed, args.seed + args.num_seeds):
+        generator = torch.Generator(device=args.device).manual_seed(seed)
+        noise = torch.randn(len(args.prompt), *shape, generator=generator, device=args.device)
+        if args.sampler == "consistency":
+            latents = sample_consistency(model, noise, text, num_steps=args.steps, generator=generator)
+        else:
+            latents = sample_flow_euler(model, noise, text, args.steps, args.guidance_scale)
+        columns[f"seed {seed}"] = to_pil(codec.decode(latents))
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if len(args.prompt) == 1 and args.num_seeds == 1:
+        image = next(iter(columns.values()))[0]
+    else:
+        image = labelled_grid(columns, args.prompt, cell_size=max(64, exported.resolution))
+    image.save(out)
+    print(f"wrote {out}")
+    return 0

@@ -1,0 +1,45 @@
+"""`eidos train`: train (or resume) a run from a YAML config plus dotted overrides."""
+
+from __future__ import annotations
+
+import argparse
+from importlib import resources
+
+from eidos.config import load_config
+
+DEFAULT_CONFIG = "eidos/config.yaml (the embedded OpenMoji default)"
+
+
+def default_config_path() -> str:
+    return str(resources.files("eidos") / "config.yaml")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", "--config_file", dest="config", default=None,
+                        help=f"YAML config file (default: {DEFAULT_CONFIG})")
+    parser.add_argument("--output-dir",
+                        help="run folder (train.output_dir); rerunning resumes from its latest checkpoint")
+    parser.add_argument("--max-steps", type=int, help="total optimizer steps over all stages (train.max_steps)")
+    parser.add_argument("--checkpoint-every", type=int, help="steps between checkpoints (train.checkpoint_every)")
+    parser.add_argument("--seed", type=int, help="seed of data order, noise, masks and init (train.seed)")
+    parser.add_argument("overrides", nargs="*", metavar="key.path=value",
+                        help="dotted config overrides, e.g. train.batch_size=32 model.preset=tiny")
+
+
+def config_from_args(args: argparse.Namespace):
+    overrides = list(args.overrides)
+    for flag, key in (("output_dir", "train.output_dir"), ("max_steps", "train.max_steps"),
+                      ("checkpoint_every", "train.checkpoint_every"), ("seed", "train.seed")):
+        value = getattr(args, flag)
+        if value is not None:
+            overrides.append(f"{key}={value}")
+    return load_config(args.config or default_config_path(), overrides)
+
+
+def run(args: argparse.Namespace) -> int:
+    config = config_from_args(args)  # validated before any heavy import or work
+    from eidos.training.loop import train
+
+    final = train(config)
+    print(f"done: exported model in {final}; sample grids in {final.parent / 'samples'}")
+    return 0

@@ -1,0 +1,113 @@
+"""The HDF5 cache: encoded images and captions, one file per shard (DESIGN §4).
+
+Datasets, one row per sample (chunked per sample):
+  latent_mean, latent_logstd  (N, C, h, w) float16  posterior moments of the scaled latents
+  text_tokens                 (N, L, D)    float16  token states
+  text_mask                   (N, L)       bool     True for real tokens
+  text_pooled                 (N, D)       float16  pooled text vector
+  caption, key                (N,)         utf-8 strings
+File attributes record format_version, codec, text_encoder, text_max_length, resolution, scaling_factor;
+a reader refuses a file whose attributes do not match what the config asks for.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import h5py
+import numpy as np
+import torch
+
+from eidos.data.batch import TextEmbeddings
+
+FORMAT_VERSION = 1
+MATCHED_ATTRIBUTES = ("format_version", "codec", "text_encoder", "text_max_length", "resolution")
+
+
+@dataclass
+class EncodedSet:
+    """An in-memory cache: moments (N, C, h, w), text embeddings (N, ...), captions and keys."""
+
+    latent_mean: torch.Tensor
+    latent_logstd: torch.Tensor
+    text: TextEmbeddings
+    captions: list[str]
+    keys: list[str]
+    attributes: dict
+
+    def __len__(self) -> int:
+        return self.latent_mean.shape[0]
+
+
+def write_cache(path: str | Path, encoded: EncodedSet) -> None:
+    """Write `encoded` to `path` atomically (a temp file renamed into place)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    strings = h5py.string_dtype("utf-8")
+    with h5py.File(tmp, "w") as f:
+        def put(name, array):
+            array = np.asarray(array)
+            f.create_dataset(name, data=array, chunks=(1, *array.shape[1:]) if len(array) else None)
+
+        put("latent_mean", encoded.latent_mean.to(torch.float16).numpy())
+        put("latent_logstd", encoded.latent_logstd.to(torch.float16).numpy())
+        put("text_tokens", encoded.text.tokens.to(torch.float16).numpy())
+        put("text_mask", encoded.text.mask.bool().numpy())
+        put("text_pooled", encoded.text.pooled.to(torch.float16).numpy())
+        f.create_dataset("caption", data=np.array(encoded.captions, dtype=object), dtype=strings)
+        f.create_dataset("key", data=np.array(encoded.keys, dtype=object), dtype=strings)
+        f.attrs.update({"format_version": FORMAT_VERSION, **encoded.attributes})
+    os.replace(tmp, path)
+
+
+def read_cache(path: str | Path, expected: dict | None = None) -> EncodedSet:
+    """Load a whole cache file into memory, after checking its attributes against `expected`."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"cache file {path} does not exist")
+    with h5py.File(path, "r") as f:
+        attributes = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in f.attrs.items()}
+        if expected is not None:
+            check_attributes(path, attributes, expected)
+        missing = [n for n in ("latent_mean", "latent_logstd", "text_tokens", "text_mask", "text_pooled",
+                               "caption", "key") if n not in f]
+        if missing:
+            raise ValueError(f"cache file {path} lacks datasets {missing}; rebuild it")
+        return EncodedSet(
+            latent_mean=torch.from_numpy(f["latent_mean"][:]),
+            latent_logstd=torch.from_numpy(f["latent_logstd"][:]),
+            text=TextEmbeddings(
+                pooled=torch.from_numpy(f["text_pooled"][:]),
+                tokens=torch.from_numpy(f["text_tokens"][:]),
+                mask=torch.from_numpy(f["text_mask"][:]),
+            ),
+            captions=[c.decode() if isinstance(c, bytes) else c for c in f["caption"][:]],
+            keys=[k.decode() if isinstance(k, bytes) else k for k in f["key"][:]],
+            attributes=attributes,
+        )
+
+
+def check_attributes(path: Path, attributes: dict, expected: dict) -> None:
+    """Refuse a cache made with another codec, text encoder, resolution or format, naming both values."""
+    for name in MATCHED_ATTRIBUTES:
+        if name in expected and attributes.get(name) != expected[name]:
+            raise ValueError(
+                f"cache file {path} was made with {name}={attributes.get(name)!r} but the config asks for "
+                f"{name}={expected[name]!r}; re-encode the data or change the config"
+            )
+
+
+def concat_sets(sets: list[EncodedSet]) -> EncodedSet:
+    """Several cache files as one set (their attributes must agree)."""
+    first = sets[0]
+    return EncodedSet(
+        latent_mean=torch.cat([s.latent_mean for s in sets]),
+        latent_logstd=torch.cat([s.latent_logstd for s in sets]),
+        text=TextEmbeddings(*(torch.cat([getattr(s.text, n) for s in sets]) for n in ("pooled", "tokens", "mask"))),
+        captions=[c for s in sets for c in s.captions],
+        keys=[k for s in sets for k in s.keys],
+        attributes=first.attributes,
+    )

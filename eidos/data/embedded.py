@@ -1,0 +1,74 @@
+"""Build (once) the HDF5 caches of the embedded OpenMoji default: rendered, encoded, split.
+
+The cache folder's name is a hash of everything that determines its contents (package versions, render
+settings, split, codec, text encoder), so a change of any input builds a new cache and an unchanged one is
+reused as is.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from pathlib import Path
+
+import emoji
+import torch
+
+from eidos.config import DataConfig, EncodersConfig
+from eidos.data import openmoji
+from eidos.data.cache import FORMAT_VERSION, EncodedSet, write_cache
+
+logger = logging.getLogger(__name__)
+
+
+def cache_root(data: DataConfig) -> Path:
+    if data.cache_dir:
+        return Path(data.cache_dir).expanduser()
+    return Path(os.environ.get("EIDOS_CACHE_DIR", Path.home() / ".cache" / "eidos"))
+
+
+def cache_attributes(data: DataConfig, encoders: EncodersConfig) -> dict:
+    """The attributes a cache must carry to serve this config (checked by `read_cache`)."""
+    return {"format_version": FORMAT_VERSION, "codec": encoders.codec, "text_encoder": encoders.text,
+            "text_max_length": encoders.text_max_length, "resolution": data.resolution}
+
+
+def openmoji_cache_dir(data: DataConfig, encoders: EncodersConfig) -> Path:
+    inputs = {
+        **cache_attributes(data, encoders),
+        "openmoji": openmoji.openmoji_version(), "emoji": emoji.__version__,
+        "render": [openmoji.RENDER_SIZE, openmoji.FONT_SIZE], "skin_tone_variants": data.skin_tone_variants,
+        "held_out_fraction": data.held_out_fraction, "split_seed": data.split_seed,
+    }
+    digest = hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:12]
+    return cache_root(data) / f"openmoji-{digest}"
+
+
+def prepare_openmoji(data: DataConfig, encoders: EncodersConfig, codec, text_encoder_factory) -> dict[str, Path]:
+    """Paths of the "train" and "held_out" caches, building them if they do not exist yet.
+
+    text_encoder_factory is called only when a build is needed (loading MiniLM costs a second).
+    """
+    folder = openmoji_cache_dir(data, encoders)
+    paths = {"train": folder / "train.h5", "held_out": folder / "held_out.h5"}
+    if all(p.exists() for p in paths.values()):
+        logger.info("reusing the OpenMoji cache in %s", folder)
+        return paths
+    logger.info("building the OpenMoji cache in %s", folder)
+    items, skipped = openmoji.list_emoji(data.skin_tone_variants)
+    train, held_out = openmoji.split_held_out(items, data.held_out_fraction, data.split_seed)
+    text_encoder = text_encoder_factory()
+    attributes = {**cache_attributes(data, encoders), "source": "openmoji", "scaling_factor": codec.scaling_factor}
+    for split, subset in (("train", train), ("held_out", held_out)):
+        pixels = torch.from_numpy(openmoji.render(subset, data.resolution)).permute(0, 3, 1, 2).float() / 255
+        with torch.no_grad():
+            mean, logstd = codec.encode_moments(pixels)
+        captions = [e.caption for e in subset]
+        encoded = EncodedSet(mean, logstd, text_encoder.encode(captions), captions, [e.key for e in subset], attributes)
+        write_cache(paths[split], encoded)
+    manifest = {"train": len(train), "held_out": len(held_out), "skipped": dict(skipped)}
+    (folder / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    logger.info("OpenMoji cache: %d train, %d held out, skipped %s", len(train), len(held_out), dict(skipped))
+    return paths

@@ -1,0 +1,245 @@
+"""The training loop: one loop for every stage and data source, on HF accelerate.
+
+Order of each iteration (after EDM2's training loop): pick the stage, set the learning rate, accumulate
+gradients over micro-batches, clip, step (or skip a non-finite step), update the EMA, then log, draw sample
+grids and checkpoint on their schedules. Every random draw of a step comes from a generator seeded by
+(seed, rank, step, micro-batch) and the data order is a function of (seed, samples seen), so rerunning the
+same command after a stop resumes the same run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import hashlib
+import json
+import logging
+import math
+import time
+from pathlib import Path
+
+import torch
+import yaml
+from accelerate import Accelerator
+from accelerate.utils import ProjectConfiguration
+from tqdm.auto import tqdm
+
+from eidos.config import Config
+from eidos.data.cache import concat_sets, read_cache
+from eidos.data.embedded import cache_attributes, prepare_openmoji
+from eidos.data.loader import EpochOrder, gather
+from eidos.encoders import build_codec, build_text_encoder
+from eidos.model import MaskDiT
+from eidos.objectives import FACMObjective
+from eidos.sampling.export import export_model
+from eidos.sampling.grid import pil_to_array
+from eidos.training.checkpoint import TrainerState, latest_checkpoint, load_checkpoint, save_checkpoint
+from eidos.training.ema import EMA
+from eidos.training.previews import build_preview_set, render_previews
+
+logger = logging.getLogger(__name__)
+
+
+def step_seed(seed: int, rank: int, step: int, micro: int) -> int:
+    digest = hashlib.sha256(f"{seed}/{rank}/{step}/{micro}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+def learning_rate(config: Config, step: int) -> tuple[int, float]:
+    """(stage index, learning rate) at optimizer step `step`: per-stage linear warm-up, then constant or cosine
+    decay to 10% over the stage."""
+    start = 0
+    for index, (stage, length) in enumerate(zip(config.train.stages, config.train.stage_steps(), strict=True)):
+        if step < start + length or index == len(config.train.stages) - 1:
+            into = step - start
+            warmup = min(1.0, (into + 1) / config.train.warmup_steps) if config.train.warmup_steps else 1.0
+            decay = 1.0
+            if config.train.lr_schedule == "cosine":
+                decay = 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, into / max(1, length))))
+            return index, stage.learning_rate * warmup * decay
+        start += length
+    raise AssertionError("unreachable")
+
+
+def stage_start(config: Config, index: int) -> int:
+    return sum(config.train.stage_steps()[:index])
+
+
+def _autocast(config: Config, device: torch.device):
+    if config.train.mixed_precision == "bf16":
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    if config.train.mixed_precision == "fp16":
+        return torch.autocast(device_type=device.type, dtype=torch.float16)
+    return contextlib.nullcontext()
+
+
+def train(config: Config) -> Path:
+    """Train (or resume) the run in config.train.output_dir; returns the folder of the final exported model."""
+    cfg = config.train
+    output_dir = Path(cfg.output_dir)
+    tracker = None if cfg.tracker == "none" else cfg.tracker
+    accelerator = Accelerator(
+        log_with=tracker, project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir))
+    )
+    device, rank, world = accelerator.device, accelerator.process_index, accelerator.num_processes
+    if cfg.batch_size % (world * cfg.grad_accumulation_steps) != 0:
+        raise ValueError(
+            f"train.batch_size={cfg.batch_size} must be divisible by processes ({world}) x "
+            f"train.grad_accumulation_steps ({cfg.grad_accumulation_steps})"
+        )
+    micro_batch = cfg.batch_size // (world * cfg.grad_accumulation_steps)
+    if device.type == "cuda" and cfg.allow_tf32:
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+
+    # Data: the main process builds the cache once; the others wait, then read it.
+    codec = build_codec(config.encoders)
+    with accelerator.main_process_first():
+        paths = prepare_openmoji(config.data, config.encoders, codec, lambda: build_text_encoder(config.encoders))
+    expected = cache_attributes(config.data, config.encoders)
+    train_set = concat_sets([read_cache(paths["train"], expected)])
+    held_out = read_cache(paths["held_out"], expected)
+    order = EpochOrder(len(train_set), cfg.seed)
+    latent_shape = tuple(train_set.latent_mean.shape[1:])
+
+    model = MaskDiT.from_preset(
+        config.model.preset, in_channels=latent_shape[0], sample_size=latent_shape[1],
+        text_dim=train_set.text.pooled.shape[1], **config.model.overrides(),
+    )
+    if cfg.gradient_checkpointing:
+        model.enable_gradient_checkpointing()
+    ema = EMA(model, cfg.ema_decay, cfg.ema_warmup)
+    ema_model = copy.deepcopy(model).eval().requires_grad_(False).to(device)
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=cfg.stages[0].learning_rate, betas=cfg.adam_betas, weight_decay=cfg.weight_decay,
+        fused=device.type == "cuda",
+    )
+    model, optimizer = accelerator.prepare(model, optimizer)
+    codec = codec.to(device)
+    for name in ema.shadow:
+        ema.shadow[name] = ema.shadow[name].to(device)
+
+    state = TrainerState()
+    checkpoint = latest_checkpoint(output_dir)
+    if checkpoint is not None:
+        state = load_checkpoint(accelerator, checkpoint, ema)
+        logger.info("resumed from %s at step %d", checkpoint, state.step)
+
+    def export(folder: Path) -> None:
+        ema.copy_to(ema_model)
+        export_model(folder, ema_model, codec, config.encoders, config.data.resolution)
+
+    previews = build_preview_set(config.sampling, train_set, held_out, latent_shape,
+                                 lambda captions: build_text_encoder(config.encoders).encode(captions))
+    autocast = _autocast(config, device)
+    if accelerator.is_main_process:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        (output_dir / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+        (output_dir / "samples").mkdir(exist_ok=True)
+        logger.info("model: %.2fM parameters; %d training images, %d held out; micro-batch %d on %d process(es)",
+                    sum(p.numel() for p in model.parameters()) / 1e6, len(train_set), len(held_out), micro_batch, world)
+    if tracker is not None:
+        accelerator.init_trackers("eidos", config=_flat(config.to_dict()))
+
+    def write_previews() -> None:
+        if not accelerator.is_main_process:
+            return
+        ema.copy_to(ema_model)
+        with autocast:
+            grid = render_previews(ema_model, codec, previews, config.sampling, device)
+        grid.save(output_dir / "samples" / f"step-{state.step:07d}.png")
+        if cfg.tracker == "tensorboard":
+            accelerator.get_tracker("tensorboard").log_images({"samples": pil_to_array(grid)[None]}, state.step,
+                                                              dataformats="NHWC")
+
+    def checkpoint_now() -> None:
+        path = save_checkpoint(accelerator, output_dir, state, ema, export, cfg.checkpoints_total_limit)
+        logger.info("saved %s", path)
+
+    progress = tqdm(total=cfg.max_steps, initial=state.step, disable=not accelerator.is_main_process,
+                    desc="train", dynamic_ncols=True)
+    stage_index, objective = -1, None
+    window: dict[str, float] = {}
+    window_steps, window_start = 0, time.perf_counter()
+    while state.step < cfg.max_steps:
+        index, lr = learning_rate(config, state.step)
+        if index != stage_index:
+            stage = cfg.stages[index]
+            objective = FACMObjective(config.objective, mask_ratio=stage.mask_ratio)
+            if stage.reset_optimizer and state.step == stage_start(config, index) and state.step > 0:
+                optimizer.state.clear()  # a fresh optimizer for the finetune stage (DESIGN §3)
+            stage_index = index
+            logger.info("stage %r from step %d: mask ratio %.2f", stage.name, state.step, stage.mask_ratio)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+
+        parts_sum: dict[str, torch.Tensor] = {}
+        for micro in range(cfg.grad_accumulation_steps):
+            start = state.samples_seen + (micro * world + rank) * micro_batch
+            batch_in = gather(train_set, order.indices(start, micro_batch), device)
+            generator = torch.Generator(device=device).manual_seed(step_seed(cfg.seed, rank, state.step, micro))
+            last = micro == cfg.grad_accumulation_steps - 1
+            sync = contextlib.nullcontext() if last else accelerator.no_sync(model)
+            with sync:
+                with autocast:
+                    loss, parts = objective(model, batch_in.sample(generator), generator)
+                accelerator.backward(loss / cfg.grad_accumulation_steps)
+            for name, value in parts.items():
+                parts_sum[name] = parts_sum.get(name, 0) + value / cfg.grad_accumulation_steps
+        grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else math.inf)
+        if torch.isfinite(grad_norm):
+            optimizer.step()
+        else:
+            state.skipped_steps += 1
+            logger.warning("step %d: non-finite gradient norm, step skipped (%s)", state.step,
+                           {k: round(float(v), 4) for k, v in parts_sum.items()})
+        optimizer.zero_grad(set_to_none=True)
+        ema.update(accelerator.unwrap_model(model), state.step)
+        state.step += 1
+        state.samples_seen += cfg.batch_size
+
+        for name, value in parts_sum.items():
+            window[name] = window.get(name, 0.0) + float(value)
+        window["grad_norm"] = window.get("grad_norm", 0.0) + float(grad_norm)
+        window_steps += 1
+        if state.step % cfg.log_every == 0 or state.step == cfg.max_steps:
+            elapsed = time.perf_counter() - window_start
+            logs = {f"loss/{k}" if k in parts_sum else k: v / window_steps for k, v in window.items()}
+            logs.update({"lr": lr, "samples_per_sec": window_steps * cfg.batch_size / elapsed,
+                         "stage": stage_index, "skipped_steps": state.skipped_steps})
+            accelerator.log(logs, step=state.step)
+            if accelerator.is_main_process:
+                with open(output_dir / "metrics.jsonl", "a") as handle:
+                    handle.write(json.dumps({"step": state.step, **logs}) + "\n")
+            progress.set_postfix(loss=f"{logs['loss/total']:.3f}", fm=f"{logs['loss/fm']:.3f}",
+                                 cm=f"{logs['loss/cm']:.3f}", mae=f"{logs['loss/mae']:.3f}",
+                                 img_s=f"{logs['samples_per_sec']:.0f}")
+            window, window_steps, window_start = {}, 0, time.perf_counter()
+        progress.update(1)
+        if state.step % cfg.sample_every == 0 or state.step == cfg.max_steps:
+            write_previews()
+        if state.step % cfg.checkpoint_every == 0 or state.step == cfg.max_steps:
+            checkpoint_now()
+
+    progress.close()
+    final = output_dir / "model"
+    if accelerator.is_main_process:
+        export(final)
+        logger.info("exported the EMA model to %s", final)
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return final
+
+
+def _flat(tree: dict, prefix: str = "") -> dict:
+    """Nested config -> flat {"train.lr": ...} with tracker-friendly scalar values."""
+    flat = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(_flat(value, name + "."))
+        elif isinstance(value, (int, float, str, bool)):
+            flat[name] = value
+        else:
+            flat[name] = str(value)
+    return flat

