@@ -2,12 +2,15 @@
 
 from eidos.config import ObjectiveConfig
 from eidos.data.batch import Batch, TextEmbeddings
+from eidos.encoders.pixels import PixelCodec
 from eidos.model import MaskDiT, MaskDiTOutput, TokenMask
 from eidos.objectives import FACMObjective
 from eidos.sampling import sample_consistency, sample_flow_euler
+from eidos.sampling.pipeline import EidosPipeline
 
 __version__ = "0.1.0"
 __all__ = [
-    "Batch", "FACMObjective", "MaskDiT", "MaskDiTOutput", "ObjectiveConfig", "TextEmbeddings", "TokenMask",
+    "Batch", "EidosPipeline", "FACMObjective", "MaskDiT", "MaskDiTOutput", "ObjectiveConfig", "PixelCodec",
+    "TextEmbeddings", "TokenMask",
     "sample_consistency", "sample_flow_euler",
 ]

@@ -38,7 +38,7 @@ def test_short_run_lowers_the_loss_and_writes_everything(run_dir):
     assert [p.name for p in list_checkpoints(run_dir)] == ["checkpoint-30", "checkpoint-60"]
     for folder in (run_dir / "model", run_dir / "checkpoint-60" / "model"):
         assert (folder / "transformer" / "diffusion_pytorch_model.safetensors").exists()
-        assert (folder / "eidos.json").exists()
+        assert (folder / "model_index.json").exists() and (folder / "text_encoder" / "config.json").exists()
     grids = sorted((run_dir / "samples").glob("*.png"))
     assert [g.name for g in grids] == ["step-0000030.png", "step-0000060.png"]
     assert Image.open(grids[-1]).size[1] > 4 * 64  # 4 prompt rows

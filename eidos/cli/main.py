@@ -7,9 +7,9 @@ import logging
 import sys
 
 from eidos import __version__
-from eidos.cli import sample, train
+from eidos.cli import export, sample, train
 
-COMMANDS = {"train": train, "sample": sample}
+COMMANDS = {"train": train, "sample": sample, "export": export}
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -23,8 +23,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def resolve_model_folder(path: str | Path) -> Path:
-    """An exported model folder, a run folder (its final export, else its latest checkpoint's) or a checkpoint."""
-    from eidos.sampling.export import INFO_FILE, is_exported_model
+    """An exported pipeline folder, a run folder (its final export, else its latest checkpoint's) or a checkpoint."""
+    from eidos.sampling.pipeline import is_pipeline_folder
     from eidos.training.checkpoint import latest_checkpoint
 
     path = Path(path)
@@ -33,40 +33,35 @@ def resolve_model_folder(path: str | Path) -> Path:
     if checkpoint is not None:
         candidates.append(checkpoint / "model")
     for candidate in candidates:
-        if is_exported_model(candidate):
+        if is_pipeline_folder(candidate):
             return candidate
     raise FileNotFoundError(
-        f"{path} is not an exported model, a run folder or a checkpoint (no {INFO_FILE} in {path}, "
+        f"{path} is not an exported model, a run folder or a checkpoint (no model_index.json in {path}, "
         f"{path / 'model'} or its latest checkpoint)"
     )
 
 
 def run(args: argparse.Namespace) -> int:
-    from eidos.sampling import sample_consistency, sample_flow_euler
-    from eidos.sampling.export import load_model
-    from eidos.sampling.grid import labelled_grid, to_pil
+    from eidos.sampling.grid import labelled_grid
+    from eidos.sampling.pipeline import EidosPipeline
 
     if args.steps < 1 or args.num_seeds < 1:
         raise ValueError("--steps and --num-seeds must be >= 1")
-    exported = load_model(resolve_model_folder(args.checkpoint), args.device)
-    model, codec = exported.transformer, exported.codec
-    text = exported.text_encoder.encode(args.prompt).to(args.device)
-    shape = (model.config.in_channels, model.config.sample_size, model.config.sample_size)
+    pipeline = EidosPipeline.from_pretrained(resolve_model_folder(args.checkpoint)).to(args.device)
+    pipeline.set_progress_bar_config(disable=True)
+    guidance = {"guidance_scale": args.guidance_scale} if args.sampler == "flow" else {}
     columns = {}
     for seed in range(args.seed, args.seed + args.num_seeds):
-        generator = torch.Generator(device=args.device).manual_seed(seed)
-        noise = torch.randn(len(args.prompt), *shape, generator=generator, device=args.device)
-        if args.sampler == "consistency":
-            latents = sample_consistency(model, noise, text, num_steps=args.steps, generator=generator)
-        else:
-            latents = sample_flow_euler(model, noise, text, args.steps, args.guidance_scale)
-        columns[f"seed {seed}"] = to_pil(codec.decode(latents))
+        generators = [torch.Generator(device=args.device).manual_seed(seed) for _ in args.prompt]
+        images = pipeline(args.prompt, num_inference_steps=args.steps, sampler=args.sampler,
+                          generator=generators, **guidance).images
+        columns[f"seed {seed}"] = images
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     if len(args.prompt) == 1 and args.num_seeds == 1:
         image = next(iter(columns.values()))[0]
     else:
-        image = labelled_grid(columns, args.prompt, cell_size=max(64, exported.resolution))
+        image = labelled_grid(columns, args.prompt, cell_size=max(64, images[0].size[0]))
     image.save(out)
     print(f"wrote {out}")
     return 0

@@ -2,36 +2,52 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 
 
 @dataclass
 class TextEmbeddings:
-    """Encoded prompts: pooled (B, D); token states (B, L, D) and their mask (B, L, True = real token)."""
+    """Encoded prompts: pooled (B, D); token states (B, L, D) and their mask (B, L, True = real token);
+    drop (B,) bool, True where the prompt is the unconditional one (the model then uses its null text)."""
 
     pooled: torch.Tensor
     tokens: torch.Tensor | None = None
     mask: torch.Tensor | None = None
+    drop: torch.Tensor | None = None
 
     def model_kwargs(self) -> dict:
-        """Keyword arguments for `MaskDiT.forward`."""
+        """Keyword arguments for `MaskDiT.forward` (the caller decides `drop_text`)."""
         return {"text_pooled": self.pooled, "text_tokens": self.tokens, "text_mask": self.mask}
 
+    def _map(self, fn) -> TextEmbeddings:
+        return TextEmbeddings(*(None if (t := getattr(self, f.name)) is None else fn(t) for f in fields(self)))
+
     def to(self, device: torch.device | str) -> TextEmbeddings:
-        return TextEmbeddings(*(None if t is None else t.to(device) for t in (self.pooled, self.tokens, self.mask)))
+        return self._map(lambda t: t.to(device))
+
+    def __getitem__(self, index: slice | torch.Tensor) -> TextEmbeddings:
+        return self._map(lambda t: t[index])
+
+    def repeat_interleave(self, repeats: int) -> TextEmbeddings:
+        return self._map(lambda t: t.repeat_interleave(repeats, dim=0))
 
     def concat(self, other: TextEmbeddings) -> TextEmbeddings:
         """Both batches stacked along dim 0 (token sequences must have the same length)."""
-        parts = zip((self.pooled, self.tokens, self.mask), (other.pooled, other.tokens, other.mask), strict=True)
-        return TextEmbeddings(*(None if a is None else torch.cat([a, b]) for a, b in parts))
+        size, other_size = len(self), len(other)
+
+        def joined(name: str):
+            a, b = getattr(self, name), getattr(other, name)
+            if name == "drop" and (a is not None or b is not None):
+                a = torch.zeros(size, dtype=torch.bool, device=self.pooled.device) if a is None else a
+                b = torch.zeros(other_size, dtype=torch.bool, device=self.pooled.device) if b is None else b
+            return None if a is None else torch.cat([a, b])
+
+        return TextEmbeddings(*(joined(f.name) for f in fields(self)))
 
     def __len__(self) -> int:
         return self.pooled.shape[0]
-
-    def __getitem__(self, index: slice | torch.Tensor) -> TextEmbeddings:
-        return TextEmbeddings(*(None if t is None else t[index] for t in (self.pooled, self.tokens, self.mask)))
 
 
 @dataclass

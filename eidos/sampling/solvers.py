@@ -5,6 +5,7 @@ sample grids and the pipeline. Time convention of `eidos.objectives.path`: s = 1
 from __future__ import annotations
 
 import torch
+from diffusers.utils.torch_utils import randn_tensor
 from torch import nn
 
 from eidos.data.batch import TextEmbeddings
@@ -30,21 +31,23 @@ def sample_consistency(
     text: TextEmbeddings,
     num_steps: int = 1,
     times: list[float] | None = None,
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | list[torch.Generator] | None = None,
 ) -> torch.Tensor:
     """Multistep consistency sampling (Song et al. 2023) with the average-velocity parametrisation.
 
     At each s_k: x0_hat = x - s_k G(x, s_k); then re-noise to the next time, x = (1 - s_{k+1}) x0_hat +
     s_{k+1} eps'. One step is x0_hat = eps - G(eps, 1). noise (B, C, H, W) -> x0_hat (B, C, H, W).
+    `generator` draws the re-noising; a list of B generators makes each sample reproducible on its own.
     """
     times = consistency_times(num_steps) if times is None else list(times)
     x = noise
     for k, s in enumerate(times):
-        velocity = at_least_float32(model(x, consistency_condition(_full(s, x)), **text.model_kwargs()).sample)
+        t = consistency_condition(_full(s, x))
+        velocity = at_least_float32(model(x, t, **text.model_kwargs(), drop_text=text.drop).sample)
         x0_hat = at_least_float32(x) - s * velocity
         if k + 1 < len(times):
             s_next = times[k + 1]
-            fresh = torch.randn(x.shape, generator=generator, device=x.device, dtype=x0_hat.dtype)
+            fresh = randn_tensor(x.shape, generator=generator, device=x.device, dtype=x0_hat.dtype)
             x = (1 - s_next) * x0_hat + s_next * fresh
     return x0_hat
 
@@ -64,15 +67,13 @@ def flow_velocity(
     """
     t = flow_condition(_full(s, x))
     if guidance_scale == 1:
-        return at_least_float32(model(x, t, **text.model_kwargs()).sample)
-    size = x.shape[0]
+        return at_least_float32(model(x, t, **text.model_kwargs(), drop_text=text.drop).sample)
     if negative_text is None:
-        drop = torch.cat([torch.zeros(size, dtype=torch.bool), torch.ones(size, dtype=torch.bool)]).to(x.device)
-        both = text.concat(text)
-    else:
-        drop = None
-        both = text.concat(negative_text)
-    out = at_least_float32(model(torch.cat([x, x]), torch.cat([t, t]), **both.model_kwargs(), drop_text=drop).sample)
+        everyone = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
+        negative_text = TextEmbeddings(text.pooled, text.tokens, text.mask, drop=everyone)
+    both = text.concat(negative_text)
+    out = model(torch.cat([x, x]), torch.cat([t, t]), **both.model_kwargs(), drop_text=both.drop).sample
+    out = at_least_float32(out)
     cond, uncond = out.chunk(2)
     return uncond + guidance_scale * (cond - uncond)
 

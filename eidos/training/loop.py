@@ -22,6 +22,7 @@ import torch
 import yaml
 from accelerate import Accelerator
 from accelerate.utils import ProjectConfiguration
+from diffusers import FlowMatchEulerDiscreteScheduler
 from tqdm.auto import tqdm
 
 from eidos.config import Config
@@ -31,8 +32,8 @@ from eidos.data.loader import EpochOrder, gather
 from eidos.encoders import build_codec, build_text_encoder
 from eidos.model import MaskDiT
 from eidos.objectives import FACMObjective
-from eidos.sampling.export import export_model
 from eidos.sampling.grid import pil_to_array
+from eidos.sampling.pipeline import EidosPipeline, save_pipeline
 from eidos.training.checkpoint import TrainerState, latest_checkpoint, load_checkpoint, save_checkpoint
 from eidos.training.ema import EMA
 from eidos.training.previews import build_preview_set, render_previews
@@ -125,9 +126,19 @@ def train(config: Config) -> Path:
         state = load_checkpoint(accelerator, checkpoint, ema)
         logger.info("resumed from %s at step %d", checkpoint, state.step)
 
+    text_encoder = None  # loaded at the first export
+
     def export(folder: Path) -> None:
+        """The EMA model as a full `EidosPipeline` folder."""
+        nonlocal text_encoder
+        text_encoder = text_encoder or build_text_encoder(config.encoders)
         ema.copy_to(ema_model)
-        export_model(folder, ema_model, codec, config.encoders, config.data.resolution)
+        pipeline = EidosPipeline(
+            transformer=ema_model, vae=codec, text_encoder=text_encoder.model, tokenizer=text_encoder.tokenizer,
+            scheduler=FlowMatchEulerDiscreteScheduler(), text_pooling=text_encoder.pooling,
+            text_max_length=text_encoder.max_length,
+        )
+        save_pipeline(pipeline, folder)
 
     previews = build_preview_set(config.sampling, train_set, held_out, latent_shape,
                                  lambda captions: build_text_encoder(config.encoders).encode(captions))
