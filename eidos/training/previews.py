@@ -16,6 +16,7 @@ from PIL import Image
 from eidos.config import SamplingConfig
 from eidos.data.batch import TextEmbeddings
 from eidos.data.cache import EncodedSet
+from eidos.encoders.codecs import decode
 from eidos.sampling import sample_consistency, sample_flow_euler
 from eidos.sampling.grid import labelled_grid, to_pil
 
@@ -33,7 +34,8 @@ def _pick(data: EncodedSet, count: int, rng: random.Random) -> list[int]:
 
 
 def build_preview_set(
-    config: SamplingConfig, train: EncodedSet, held_out: EncodedSet, latent_shape: tuple[int, ...], encode_text
+    config: SamplingConfig, train: EncodedSet, held_out: EncodedSet | None, latent_shape: tuple[int, ...],
+    encode_text,
 ) -> PreviewSet:
     """Fixed prompts and noise. `encode_text(captions)` is called only for configured prompts."""
     generator = torch.Generator().manual_seed(config.seed)
@@ -42,7 +44,9 @@ def build_preview_set(
         noise = torch.randn(len(config.prompts), *latent_shape, generator=generator)
         return PreviewSet(list(config.prompts), text, None, noise)
     rng = random.Random(config.seed)
-    held = torch.tensor(_pick(held_out, config.num_held_out_prompts, rng), dtype=torch.long)
+    held_out = held_out if held_out is not None else train
+    count = config.num_held_out_prompts if held_out is not train else 0
+    held = torch.tensor(_pick(held_out, count, rng), dtype=torch.long)
     seen = torch.tensor(_pick(train, config.num_train_prompts, rng), dtype=torch.long)
     captions = [held_out.captions[i] + " *" for i in held] + [train.captions[i] for i in seen]
     text = held_out.text[held].concat(train.text[seen])
@@ -58,12 +62,12 @@ def render_previews(model, codec, previews: PreviewSet, config: SamplingConfig, 
     noise = previews.noise.to(device)
     columns: dict[str, list[Image.Image]] = {}
     if previews.references is not None:
-        columns["data"] = to_pil(codec.decode(previews.references.to(device)))
+        columns["data"] = to_pil(decode(codec, previews.references.to(device)))
     for steps in config.consistency_steps:
         generator = torch.Generator(device=device).manual_seed(config.seed)
         latents = sample_consistency(model, noise, text, num_steps=steps, generator=generator)
-        columns[f"{steps}-step"] = to_pil(codec.decode(latents))
+        columns[f"{steps}-step"] = to_pil(decode(codec, latents))
     if config.flow_steps > 0:
         latents = sample_flow_euler(model, noise, text, config.flow_steps, config.guidance_scale)
-        columns[f"flow {config.flow_steps}"] = to_pil(codec.decode(latents))
+        columns[f"flow {config.flow_steps}"] = to_pil(decode(codec, latents))
     return labelled_grid(columns, previews.captions)
