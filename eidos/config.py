@@ -183,7 +183,8 @@ def _default_stages() -> list[StageConfig]:
 
 @dataclass
 class TrainConfig:
-    """The optimisation loop. batch_size is the global batch (over processes and accumulation steps)."""
+    """The optimisation loop. batch_size is the global batch (over processes and accumulation steps).
+    A step with a non-finite loss or gradient is skipped; max_consecutive_skips in a row stop the run."""
 
     output_dir: str = "runs/openmoji"
     seed: int = 0
@@ -195,6 +196,7 @@ class TrainConfig:
     weight_decay: float = 0.0
     adam_betas: tuple[float, float] = (0.9, 0.99)
     grad_clip: float = 1.0
+    max_consecutive_skips: int = 5
     grad_accumulation_steps: int = 1
     ema_decay: float = 0.999
     ema_warmup: bool = True
@@ -209,7 +211,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         self.adam_betas = tuple(self.adam_betas)
-        positive = ("batch_size", "max_steps", "grad_accumulation_steps", "checkpoint_every",
+        positive = ("batch_size", "max_steps", "grad_accumulation_steps", "checkpoint_every", "max_consecutive_skips",
                     "checkpoints_total_limit", "log_every", "sample_every")
         for key in positive:
             _require(getattr(self, key) >= 1, f"train.{key}", getattr(self, key), "an integer >= 1")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 from importlib import resources
 
 from eidos.config import load_config
@@ -38,8 +40,17 @@ def config_from_args(args: argparse.Namespace):
 
 def run(args: argparse.Namespace) -> int:
     config = config_from_args(args)  # validated before any heavy import or work
+    from eidos.training.faults import NonFiniteTraining, TrainingInterrupted
     from eidos.training.loop import train
 
-    final = train(config)
-    print(f"done: exported model in {final}; sample grids in {final.parent / 'samples'}")
+    try:
+        final = train(config)
+    except TrainingInterrupted as interrupted:
+        print(f"eidos train: {interrupted}", file=sys.stderr)
+        return 128 + int(interrupted.signum)
+    except NonFiniteTraining as error:
+        print(f"eidos train: {error}", file=sys.stderr)
+        return 1
+    if os.environ.get("RANK", "0") == "0":  # once, not once per process under torchrun
+        print(f"done: exported model in {final}; sample grids in {final.parent / 'samples'}")
     return 0

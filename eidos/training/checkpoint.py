@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import re
 import shutil
 from collections.abc import Callable
@@ -76,8 +77,18 @@ def save_checkpoint(
 
 
 def load_checkpoint(accelerator: Accelerator, path: Path, ema: EMA) -> TrainerState:
-    """Restore model and optimizer (accelerate), EMA and trainer state from `path`."""
-    accelerator.load_state(str(path))
+    """Restore model and optimizer (accelerate), EMA and trainer state from `path`.
+
+    accelerate reads its pickles (optimizer, RNG states) with torch.load(weights_only=True): a file carrying
+    anything but tensors and plain containers is refused without running it.
+    """
+    try:
+        accelerator.load_state(str(path))
+    except pickle.UnpicklingError as error:
+        raise ValueError(
+            f"checkpoint {path} holds a pickle with objects other than tensors; refused to load it (nothing in it "
+            f"was run). Delete the checkpoint if you did not write it. ({error})"
+        ) from error
     ema.load_state_dict(load_file(path / EMA_FILE))
     return TrainerState(**json.loads((path / STATE_FILE).read_text()))
 

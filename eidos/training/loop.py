@@ -17,14 +17,16 @@ import json
 import logging
 import math
 import os
+import signal
 import time
 from pathlib import Path
 
 import torch
 import yaml
 from accelerate import Accelerator
-from accelerate.utils import ProjectConfiguration
+from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration
 from diffusers import FlowMatchEulerDiscreteScheduler
+from torch import nn
 from tqdm.auto import tqdm
 
 from eidos.config import Config, DataConfig
@@ -38,9 +40,23 @@ from eidos.sampling.grid import pil_to_array
 from eidos.sampling.pipeline import EidosPipeline, save_pipeline
 from eidos.training.checkpoint import TrainerState, latest_checkpoint, load_checkpoint, save_checkpoint
 from eidos.training.ema import EMA
+from eidos.training.faults import NonFiniteTraining, StopRequest, TrainingInterrupted
 from eidos.training.previews import build_preview_set, render_previews
 
 logger = logging.getLogger(__name__)
+
+
+class TrainingStep(nn.Module):
+    """The whole objective as one module forward. FACM calls the network two or three times per step (flow
+    branch, unconditional pass, JVP); wrapped in DDP as one forward, DDP sees one forward per backward and
+    finds every parameter any of those calls used."""
+
+    def __init__(self, model: MaskDiT):
+        super().__init__()
+        self.model = model
+
+    def forward(self, objective: FACMObjective, batch, generator: torch.Generator):
+        return objective(self.model, batch, generator)
 
 
 def step_seed(seed: int, rank: int, step: int, micro: int) -> int:
@@ -81,8 +97,13 @@ def train(config: Config) -> Path:
     cfg = config.train
     output_dir = Path(cfg.output_dir)
     tracker = None if cfg.tracker == "none" else cfg.tracker
+    # cpu=True on a machine without CUDA: accelerate then runs `torchrun --nproc_per_node N` as gloo DDP
+    # (without it every CPU process believed it was alone).
     accelerator = Accelerator(
-        log_with=tracker, project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir))
+        cpu=not torch.cuda.is_available(), log_with=tracker,
+        project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir)),
+        # Which parameters a step uses varies (mask token only when masking, null text only for dropped text).
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
     )
     device, rank, world = accelerator.device, accelerator.process_index, accelerator.num_processes
     if cfg.batch_size % (world * cfg.grad_accumulation_steps) != 0:
@@ -123,7 +144,7 @@ def train(config: Config) -> Path:
         model.parameters(), lr=cfg.stages[0].learning_rate, betas=cfg.adam_betas, weight_decay=cfg.weight_decay,
         fused=device.type == "cuda",
     )
-    model, optimizer = accelerator.prepare(model, optimizer)
+    step_module, optimizer = accelerator.prepare(TrainingStep(model), optimizer)
     codec = codec.to(device)
     for name in ema.shadow:
         ema.shadow[name] = ema.shadow[name].to(device)
@@ -173,69 +194,90 @@ def train(config: Config) -> Path:
 
     progress = tqdm(total=cfg.max_steps, initial=state.step, disable=not accelerator.is_main_process,
                     desc="train", dynamic_ncols=True)
+    stop = StopRequest()
+    consecutive_skips = 0
     stage_index, objective = -1, None
     window: dict[str, float] = {}
     window_steps, window_start = 0, time.perf_counter()
-    while state.step < cfg.max_steps:
-        index, lr = learning_rate(config, state.step)
-        if index != stage_index:
-            stage = cfg.stages[index]
-            objective = FACMObjective(config.objective, mask_ratio=stage.mask_ratio)
-            if stage.reset_optimizer and state.step == stage_start(config, index) and state.step > 0:
-                optimizer.state.clear()  # a fresh optimizer for the finetune stage (DESIGN §3)
-            stage_index = index
-            logger.info("stage %r from step %d: mask ratio %.2f", stage.name, state.step, stage.mask_ratio)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
+    try:
+        while state.step < cfg.max_steps:
+            index, lr = learning_rate(config, state.step)
+            if index != stage_index:
+                stage = cfg.stages[index]
+                objective = FACMObjective(config.objective, mask_ratio=stage.mask_ratio)
+                if stage.reset_optimizer and state.step == stage_start(config, index) and state.step > 0:
+                    optimizer.state.clear()  # a fresh optimizer for the finetune stage (DESIGN §3)
+                stage_index = index
+                logger.info("stage %r from step %d: mask ratio %.2f", stage.name, state.step, stage.mask_ratio)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
 
-        parts_sum: dict[str, torch.Tensor] = {}
-        for micro in range(cfg.grad_accumulation_steps):
-            start = state.samples_seen + (micro * world + rank) * micro_batch
-            batch_in = gather(train_set, order.indices(start, micro_batch), device)
-            generator = torch.Generator(device=device).manual_seed(step_seed(cfg.seed, rank, state.step, micro))
-            last = micro == cfg.grad_accumulation_steps - 1
-            sync = contextlib.nullcontext() if last else accelerator.no_sync(model)
-            with sync:
-                with autocast:
-                    loss, parts = objective(model, batch_in.sample(generator), generator)
-                accelerator.backward(loss / cfg.grad_accumulation_steps)
-            for name, value in parts.items():
-                parts_sum[name] = parts_sum.get(name, 0) + value / cfg.grad_accumulation_steps
-        grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else math.inf)
-        if torch.isfinite(grad_norm):
-            optimizer.step()
-        else:
-            state.skipped_steps += 1
-            logger.warning("step %d: non-finite gradient norm, step skipped (%s)", state.step,
-                           {k: round(float(v), 4) for k, v in parts_sum.items()})
-        optimizer.zero_grad(set_to_none=True)
-        ema.update(accelerator.unwrap_model(model), state.step)
-        state.step += 1
-        state.samples_seen += cfg.batch_size
+            parts_sum: dict[str, torch.Tensor] = {}
+            for micro in range(cfg.grad_accumulation_steps):
+                start = state.samples_seen + (micro * world + rank) * micro_batch
+                batch_in = gather(train_set, order.indices(start, micro_batch), device)
+                generator = torch.Generator(device=device).manual_seed(step_seed(cfg.seed, rank, state.step, micro))
+                last = micro == cfg.grad_accumulation_steps - 1
+                sync = contextlib.nullcontext() if last else accelerator.no_sync(step_module)
+                with sync:
+                    with autocast:
+                        loss, parts = step_module(objective, batch_in.sample(generator), generator)
+                    accelerator.backward(loss / cfg.grad_accumulation_steps)
+                for name, value in parts.items():
+                    parts_sum[name] = parts_sum.get(name, 0) + value / cfg.grad_accumulation_steps
+            max_norm = cfg.grad_clip if cfg.grad_clip > 0 else math.inf
+            grad_norm = accelerator.clip_grad_norm_(step_module.parameters(), max_norm)
+            if torch.isfinite(grad_norm):  # all-reduced gradients: every process takes the same branch
+                optimizer.step()
+                ema.update(model, state.step)
+                consecutive_skips = 0
+            else:
+                state.skipped_steps += 1
+                consecutive_skips += 1
+                parts_text = {k: round(float(v), 4) for k, v in parts_sum.items()}
+                logger.warning("step %d: non-finite loss or gradient, step skipped (%s)", state.step, parts_text)
+                if consecutive_skips >= cfg.max_consecutive_skips:
+                    raise NonFiniteTraining(
+                        f"stopped at step {state.step}: {consecutive_skips} consecutive non-finite steps (loss parts "
+                        f"{parts_text}); last good checkpoint: {latest_checkpoint(output_dir) or 'none'}. Lower the "
+                        f"learning rate, turn mixed precision off or use objective.tangent=finite_difference"
+                    )
+            optimizer.zero_grad(set_to_none=True)
+            state.step += 1
+            state.samples_seen += cfg.batch_size
 
-        for name, value in parts_sum.items():
-            window[name] = window.get(name, 0.0) + float(value)
-        window["grad_norm"] = window.get("grad_norm", 0.0) + float(grad_norm)
-        window_steps += 1
-        if state.step % cfg.log_every == 0 or state.step == cfg.max_steps:
-            elapsed = time.perf_counter() - window_start
-            logs = {f"loss/{k}" if k in parts_sum else k: v / window_steps for k, v in window.items()}
-            logs.update({"lr": lr, "samples_per_sec": window_steps * cfg.batch_size / elapsed,
-                         "stage": stage_index, "skipped_steps": state.skipped_steps})
-            accelerator.log(logs, step=state.step)
-            if accelerator.is_main_process:
-                with open(output_dir / "metrics.jsonl", "a") as handle:
-                    handle.write(json.dumps({"step": state.step, **logs}) + "\n")
-            progress.set_postfix(loss=f"{logs['loss/total']:.3f}", fm=f"{logs['loss/fm']:.3f}",
-                                 cm=f"{logs['loss/cm']:.3f}", mae=f"{logs['loss/mae']:.3f}",
-                                 img_s=f"{logs['samples_per_sec']:.0f}")
-            window, window_steps, window_start = {}, 0, time.perf_counter()
-        progress.update(1)
-        if state.step % cfg.sample_every == 0 or state.step == cfg.max_steps:
-            write_previews()
-        if state.step % cfg.checkpoint_every == 0 or state.step == cfg.max_steps:
-            checkpoint_now()
+            for name, value in parts_sum.items():
+                window[name] = window.get(name, 0.0) + float(value)
+            window["grad_norm"] = window.get("grad_norm", 0.0) + float(grad_norm)
+            window_steps += 1
+            if state.step % cfg.log_every == 0 or state.step == cfg.max_steps:
+                elapsed = time.perf_counter() - window_start
+                logs = {f"loss/{k}" if k in parts_sum else k: v / window_steps for k, v in window.items()}
+                logs.update({"lr": lr, "samples_per_sec": window_steps * cfg.batch_size / elapsed,
+                             "stage": stage_index, "skipped_steps": state.skipped_steps})
+                accelerator.log(logs, step=state.step)
+                if accelerator.is_main_process:
+                    with open(output_dir / "metrics.jsonl", "a") as handle:
+                        handle.write(json.dumps({"step": state.step, **logs}) + "\n")
+                progress.set_postfix(loss=f"{logs['loss/total']:.3f}", fm=f"{logs['loss/fm']:.3f}",
+                                     cm=f"{logs['loss/cm']:.3f}", mae=f"{logs['loss/mae']:.3f}",
+                                     img_s=f"{logs['samples_per_sec']:.0f}")
+                window, window_steps, window_start = {}, 0, time.perf_counter()
+            progress.update(1)
+            if state.step % cfg.sample_every == 0 or state.step == cfg.max_steps:
+                write_previews()
+            saved = state.step % cfg.checkpoint_every == 0 or state.step == cfg.max_steps
+            if saved:
+                checkpoint_now()
+            if stop.signum is not None:
+                accelerator.set_trigger()
+            if accelerator.check_trigger():  # any process got SIGTERM/SIGINT: all save and stop together
+                if not saved:
+                    checkpoint_now()
+                raise TrainingInterrupted(stop.signum or signal.SIGTERM, state.step)
 
+    finally:
+        stop.restore()
     progress.close()
     final = output_dir / "model"
     if accelerator.is_main_process:
