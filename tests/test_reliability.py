@@ -1,6 +1,7 @@
 """Runs that must not be lost: preemption signals, non-finite steps, half-written or hostile checkpoints,
 and two-process (gloo DDP) training with resume."""
 
+import errno
 import json
 import os
 import pickle
@@ -134,3 +135,46 @@ def test_two_process_training_checkpoints_once_and_resumes_exactly(tmp_path, sha
     assert read_steps(run) == [6, 8]
     resumed = load_file(run / "checkpoint-8" / "model.safetensors")
     assert all(torch.equal(final[k], resumed[k]) for k in final)
+
+
+def test_a_full_disk_during_a_save_stops_cleanly_and_keeps_older_checkpoints(tmp_path, shared_cache_dir,
+                                                                              monkeypatch):
+    from eidos.training import checkpoint
+
+    real_save = checkpoint.save_file
+    calls = []
+
+    def full_disk(tensors, path):
+        calls.append(path)
+        if len(calls) == 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(tensors, path)
+
+    monkeypatch.setattr(checkpoint, "save_file", full_disk)
+    run = tmp_path / "run"
+    config = load_config(default_config_path(), tiny_run_overrides(run, shared_cache_dir, max_steps=6)
+                         + ["train.checkpoint_every=2"])
+    with pytest.raises(checkpoint.CheckpointError, match=r"step 4 .*No space left on device.*latest: .*checkpoint-2"):
+        loop.train(config)
+    assert [p.name for p in list_checkpoints(run)] == ["checkpoint-2"]
+    assert not list(run.glob(".checkpoint-*.tmp"))
+    assert set(load_file(run / "checkpoint-2" / "ema.safetensors"))
+
+
+def test_sigkill_after_a_checkpoint_then_rerun_matches_an_uninterrupted_run(tmp_path, shared_cache_dir):
+    reference, killed = tmp_path / "reference", tmp_path / "killed"
+    loop.train(load_config(default_config_path(), tiny_run_overrides(reference, shared_cache_dir, max_steps=60)))
+    args = tiny_run_overrides(killed, shared_cache_dir, max_steps=60) + ["train.checkpoint_every=10"]
+    process = subprocess.Popen([sys.executable, "main.py", *args], cwd=REPO, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    deadline = time.time() + 180
+    while not (killed / "checkpoint-10").exists() and time.time() < deadline and process.poll() is None:
+        time.sleep(0.05)
+    process.kill()  # SIGKILL: no handler runs
+    process.wait()
+    assert latest_checkpoint(killed) is not None
+    subprocess.run([sys.executable, "main.py", *args], cwd=REPO, check=True, capture_output=True, timeout=300)
+    for name in ("model.safetensors", "ema.safetensors"):
+        a = load_file(reference / "checkpoint-60" / name)
+        b = load_file(killed / "checkpoint-60" / name)
+        assert all(torch.equal(a[k], b[k]) for k in a), name

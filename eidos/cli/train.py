@@ -40,6 +40,7 @@ def config_from_args(args: argparse.Namespace):
 
 def run(args: argparse.Namespace) -> int:
     config = config_from_args(args)  # validated before any heavy import or work
+    from eidos.training.checkpoint import CheckpointError
     from eidos.training.faults import NonFiniteTraining, TrainingInterrupted
     from eidos.training.loop import train
 
@@ -48,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
     except TrainingInterrupted as interrupted:
         print(f"eidos train: {interrupted}", file=sys.stderr)
         return 128 + int(interrupted.signum)
-    except NonFiniteTraining as error:
+    except (NonFiniteTraining, CheckpointError) as error:
         print(f"eidos train: {error}", file=sys.stderr)
         return 1
     if os.environ.get("RANK", "0") == "0":  # once, not once per process under torchrun

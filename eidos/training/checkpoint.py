@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import torch
 from accelerate import Accelerator
 from safetensors.torch import load_file, save_file
 
@@ -24,6 +25,10 @@ from eidos.training.ema import EMA
 PATTERN = re.compile(r"^checkpoint-(\d+)$")
 STATE_FILE = "trainer_state.json"
 EMA_FILE = "ema.safetensors"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint could not be written; the previous ones are untouched."""
 
 
 @dataclass
@@ -55,18 +60,37 @@ def save_checkpoint(
     export: Callable[[Path], None],
     total_limit: int,
 ) -> Path:
-    """Write checkpoint-<step> atomically (all processes call this); returns its path."""
+    """Write checkpoint-<step> atomically (all processes call this); returns its path.
+
+    A failed write (disk full, quota, I/O error) on any process removes the temp folder, keeps every older
+    checkpoint and raises `CheckpointError` on all processes together.
+    """
     final = output_dir / f"checkpoint-{state.step}"
     tmp = output_dir / f".checkpoint-{state.step}.tmp"
     if accelerator.is_main_process and tmp.exists():
         shutil.rmtree(tmp)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))
+    failure: OSError | None = None
+    try:
+        accelerator.save_state(str(tmp))
+        if accelerator.is_main_process:
+            save_file(ema.state_dict(), tmp / EMA_FILE)
+            (tmp / STATE_FILE).write_text(json.dumps(asdict(state), indent=2))
+            export(tmp / "model")
+            _fsync_tree(tmp)
+    except OSError as error:
+        failure = error
+    failed = torch.tensor([float(failure is not None)], device=accelerator.device)
+    if float(accelerator.reduce(failed, reduction="sum")) > 0:
+        if accelerator.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)
+        previous = latest_checkpoint(output_dir)
+        reason = failure or "failed on another process"
+        raise CheckpointError(
+            f"could not write the checkpoint of step {state.step} to {output_dir}: {reason}. Older checkpoints "
+            f"are intact (latest: {previous or 'none'}); free space and rerun to resume."
+        ) from failure
     if accelerator.is_main_process:
-        save_file(ema.state_dict(), tmp / EMA_FILE)
-        (tmp / STATE_FILE).write_text(json.dumps(asdict(state), indent=2))
-        export(tmp / "model")
-        _fsync_tree(tmp)
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)

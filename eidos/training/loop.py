@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 import yaml
 from accelerate import Accelerator
-from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration
+from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration, set_seed
 from diffusers import FlowMatchEulerDiscreteScheduler
 from torch import nn
 from tqdm.auto import tqdm
@@ -132,6 +132,7 @@ def train(config: Config) -> Path:
     order = EpochOrder(len(train_set), cfg.seed)
     latent_shape = tuple(train_set.latent_mean.shape[1:])
 
+    set_seed(cfg.seed)  # the initial weights are a function of the seed (and the same on every process)
     model = MaskDiT.from_preset(
         config.model.preset, in_channels=latent_shape[0], sample_size=latent_shape[1],
         text_dim=train_set.text.pooled.shape[1], **config.model.overrides(),
