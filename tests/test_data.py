@@ -119,3 +119,19 @@ def test_encoded_batch_samples_the_posterior():
     assert x0.std().item() == pytest.approx(0.5, rel=0.15)
     deterministic = EncodedBatch(mean, torch.full_like(mean, -20.0), batch.text).sample().latents
     assert deterministic.abs().max() < 1e-6
+
+
+def test_processes_and_micro_batches_read_disjoint_slices_that_cover_the_batch():
+    from eidos.data.loader import micro_batch_start
+
+    order = EpochOrder(50, seed=0)
+    world, accumulation, micro = 2, 3, 4
+    for step in range(3):
+        seen = step * world * accumulation * micro
+        slices = [order.indices(micro_batch_start(seen, m, r, world, micro), micro)
+                  for m in range(accumulation) for r in range(world)]
+        positions = [micro_batch_start(seen, m, r, world, micro) + i
+                     for m in range(accumulation) for r in range(world) for i in range(micro)]
+        assert sorted(positions) == list(range(seen, seen + world * accumulation * micro))
+        flat = torch.cat(slices)
+        assert torch.equal(flat, order.indices(seen, world * accumulation * micro))

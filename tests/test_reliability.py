@@ -178,3 +178,23 @@ def test_sigkill_after_a_checkpoint_then_rerun_matches_an_uninterrupted_run(tmp_
         a = load_file(reference / "checkpoint-60" / name)
         b = load_file(killed / "checkpoint-60" / name)
         assert all(torch.equal(a[k], b[k]) for k in a), name
+
+
+@pytest.mark.parametrize("bad,finite", [(float("inf"), True), (float("nan"), False)])
+def test_an_overflowing_jvp_tangent_is_clipped_or_skipped(monkeypatch, bad, finite):
+    """bf16 can overflow in the JVP. An infinite tangent is absorbed by FACM's clip of the residual (the target
+    stays finite); a NaN one (inf - inf, 0 * inf) makes the loss non-finite, and the loop skips that step."""
+    from eidos.config import ObjectiveConfig
+    from eidos.objectives import facm
+    from tests.conftest import make_batch, make_tiny_model
+
+    real = facm.velocity_and_time_derivative
+
+    def overflowing(*args, **kwargs):
+        G, dG = real(*args, **kwargs)
+        return G, torch.full_like(dG, bad)
+
+    monkeypatch.setattr(facm, "velocity_and_time_derivative", overflowing)
+    objective = facm.FACMObjective(ObjectiveConfig(), mask_ratio=0.5)
+    loss, parts = objective(make_tiny_model(), make_batch(), torch.Generator().manual_seed(0))
+    assert bool(torch.isfinite(loss)) == finite and bool(torch.isfinite(parts["cm"])) == finite

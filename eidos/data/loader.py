@@ -60,6 +60,15 @@ class EpochOrder:
         return out
 
 
+def micro_batch_start(samples_seen: int, micro: int, rank: int, world: int, micro_batch: int) -> int:
+    """Global position of the first sample of (micro-batch, process) in the step that starts at samples_seen.
+
+    A step's global batch of world x accumulation x micro_batch positions is cut into contiguous slices,
+    micro-batch-major, so processes read disjoint samples and together read the whole batch.
+    """
+    return samples_seen + (micro * world + rank) * micro_batch
+
+
 def gather(data: EncodedSet, indices: torch.Tensor, device: torch.device | str) -> EncodedBatch:
     """Rows `indices` of an in-memory set as a batch on `device`."""
     text = TextEmbeddings(data.text.pooled[indices], data.text.tokens[indices], data.text.mask[indices])

@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 from eidos.config import Config, DataConfig
 from eidos.data.cache import concat_sets, read_cache
 from eidos.data.embedded import cache_attributes, prepare_openmoji
-from eidos.data.loader import EpochOrder, gather
+from eidos.data.loader import EpochOrder, gather, micro_batch_start
 from eidos.encoders import load_codec, load_text_encoder
 from eidos.model import MaskDiT
 from eidos.objectives import FACMObjective
@@ -215,7 +215,7 @@ def train(config: Config) -> Path:
 
             parts_sum: dict[str, torch.Tensor] = {}
             for micro in range(cfg.grad_accumulation_steps):
-                start = state.samples_seen + (micro * world + rank) * micro_batch
+                start = micro_batch_start(state.samples_seen, micro, rank, world, micro_batch)
                 batch_in = gather(train_set, order.indices(start, micro_batch), device)
                 generator = torch.Generator(device=device).manual_seed(step_seed(cfg.seed, rank, state.step, micro))
                 last = micro == cfg.grad_accumulation_steps - 1
