@@ -70,3 +70,13 @@ def test_train_help_lists_the_options(capsys):
 def test_sample_refuses_a_folder_without_a_model(tmp_path, capsys):
     code = main(["sample", "--checkpoint", str(tmp_path), "--prompt", "x", "--out", str(tmp_path / "x.png")])
     assert code == 2 and "is not an exported model" in capsys.readouterr().err
+
+
+def test_a_batch_that_does_not_split_over_processes_is_refused():
+    from eidos.training.loop import micro_batch_size
+
+    config = load_config(None, ["train.batch_size=30", "train.grad_accumulation_steps=2"])
+    assert micro_batch_size(config.train, world=1) == 15 and micro_batch_size(config.train, world=3) == 5
+    with pytest.raises(ValueError, match=r"train.batch_size=30 must be divisible by processes \(2\) x "
+                                         r"train.grad_accumulation_steps \(2\); e.g. use train.batch_size=28"):
+        micro_batch_size(config.train, world=2)

@@ -29,7 +29,7 @@ from diffusers import FlowMatchEulerDiscreteScheduler
 from torch import nn
 from tqdm.auto import tqdm
 
-from eidos.config import Config, DataConfig
+from eidos.config import Config, DataConfig, TrainConfig
 from eidos.data.cache import concat_sets, read_cache
 from eidos.data.embedded import cache_attributes, prepare_openmoji
 from eidos.data.loader import EpochOrder, gather, micro_batch_start
@@ -57,6 +57,18 @@ class TrainingStep(nn.Module):
 
     def forward(self, objective: FACMObjective, batch, generator: torch.Generator):
         return objective(self.model, batch, generator)
+
+
+def micro_batch_size(cfg: TrainConfig, world: int) -> int:
+    """Samples per process per micro-batch; the global batch must split evenly."""
+    parts = world * cfg.grad_accumulation_steps
+    if cfg.batch_size % parts != 0:
+        raise ValueError(
+            f"train.batch_size={cfg.batch_size} must be divisible by processes ({world}) x "
+            f"train.grad_accumulation_steps ({cfg.grad_accumulation_steps}); e.g. use "
+            f"train.batch_size={max(1, cfg.batch_size // parts) * parts}"
+        )
+    return cfg.batch_size // parts
 
 
 def step_seed(seed: int, rank: int, step: int, micro: int) -> int:
@@ -106,12 +118,7 @@ def train(config: Config) -> Path:
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
     )
     device, rank, world = accelerator.device, accelerator.process_index, accelerator.num_processes
-    if cfg.batch_size % (world * cfg.grad_accumulation_steps) != 0:
-        raise ValueError(
-            f"train.batch_size={cfg.batch_size} must be divisible by processes ({world}) x "
-            f"train.grad_accumulation_steps ({cfg.grad_accumulation_steps})"
-        )
-    micro_batch = cfg.batch_size // (world * cfg.grad_accumulation_steps)
+    micro_batch = micro_batch_size(cfg, world)
     if device.type == "cuda" and cfg.allow_tf32:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
