@@ -7,9 +7,9 @@ import logging
 import sys
 
 from eidos import __version__
-from eidos.cli import export, sample, train
+from eidos.cli import data, export, sample, train
 
-COMMANDS = {"train": train, "sample": sample, "export": export}
+COMMANDS = {"train": train, "sample": sample, "export": export, "data": data}
 
 
 def build_parser() -> argparse.ArgumentParser:
