@@ -1,0 +1,57 @@
+"""Shards -> HDF5 caches (`eidos data encode`) -> training from the caches: the real-scale path end to end."""
+
+import numpy as np
+import torch
+from PIL import Image
+
+from eidos.cli.main import main
+from eidos.cli.train import default_config_path
+from eidos.config import load_config
+from eidos.data.cache import read_cache
+from eidos.data.encode import to_rgb_square
+from eidos.training.loop import train
+from tests.test_shards import make_folder
+
+
+def test_modes_are_converted_and_images_centre_cropped():
+    import io
+
+    rgba = Image.new("RGBA", (40, 20), (255, 0, 0, 0))  # fully transparent red -> white
+    rgba.paste((0, 0, 255, 255), (15, 5, 25, 15))  # an opaque blue square in the middle
+    buffer = io.BytesIO()
+    rgba.save(buffer, format="PNG")
+    out = to_rgb_square(buffer.getvalue(), 8)
+    assert out.shape == (8, 8, 3) and (out[0, 0] == 255).all()  # transparent corner composited on white
+    assert out[4, 4, 2] > 200 and out[4, 4, 0] < 60  # the blue square stays in the centre of the crop
+
+
+def test_encode_then_train_from_the_caches(tmp_path, capsys):
+    make_folder(tmp_path / "images")
+    assert main(["data", "shards", "--images", str(tmp_path / "images"), "--out", str(tmp_path / "shards"),
+                 "--samples-per-shard", "3"]) == 0
+    args = ["data", "encode", "--shards", str(tmp_path / "shards" / "*.tar"), "--out", str(tmp_path / "cache"),
+            "--resolution", "16", "--batch-size", "2"]
+    assert main(args) == 0
+    assert "encoded 5 samples from 2 shard(s) (0 already done)" in capsys.readouterr().out
+    files = sorted((tmp_path / "cache").glob("*.h5"))
+    assert [f.name for f in files] == ["shard-00000.h5", "shard-00001.h5"]
+    first = read_cache(files[0], {"codec": "pixels", "text_encoder": "minilm", "resolution": 16})
+    assert first.keys == ["a", "cmyk", "grey"] and first.captions[0] == "red apple ☃"
+    assert first.latent_mean.shape == (3, 3, 16, 16) and first.text.tokens.shape == (3, 16, 384)
+    grey = first.latent_mean[2].float()
+    assert torch.allclose(grey[0], grey[1], atol=1e-2) and torch.allclose(grey[1], grey[2], atol=1e-2)  # L -> RGB
+    stamp = files[0].stat().st_mtime_ns
+    assert main(args) == 0  # a rerun skips finished shards
+    assert "encoded 0 samples from 0 shard(s) (2 already done)" in capsys.readouterr().out
+    assert files[0].stat().st_mtime_ns == stamp
+
+    run = tmp_path / "run"
+    overrides = [
+        "data.source=cache", f"data.train_files={tmp_path}/cache/*.h5", "data.resolution=16",
+        "model.width=64", "model.depth=2", "model.heads=2", "model.decoder_width=32", "model.decoder_depth=1",
+        "model.decoder_heads=2", f"train.output_dir={run}", "train.max_steps=4", "train.batch_size=4",
+        "train.checkpoint_every=4", "train.sample_every=4", "train.log_every=2", "sampling.flow_steps=2",
+    ]
+    train(load_config(default_config_path(), overrides))
+    assert (run / "checkpoint-4").is_dir() and (run / "model" / "model_index.json").exists()
+    assert np.asarray(Image.open(run / "samples" / "step-0000004.png")).shape[2] == 3
