@@ -30,6 +30,7 @@ def run_encode(args: argparse.Namespace) -> int:
     from collections import Counter
     from pathlib import Path
 
+    import torch
     from accelerate import PartialState
     from tqdm.auto import tqdm
 
@@ -44,7 +45,7 @@ def run_encode(args: argparse.Namespace) -> int:
     shards = sorted(Path(p) for p in glob.glob(args.shards))
     if not shards:
         raise FileNotFoundError(f"--shards {args.shards!r} matches no file")
-    state = PartialState(cpu=not torch_cuda_available())
+    state = PartialState(cpu=not torch.cuda.is_available())
     mine = shards[state.process_index :: state.num_processes]  # each process its own shards
     out = Path(args.out)
     todo = [s for s in mine if not (out / f"{s.stem}.h5").exists()]
@@ -64,12 +65,6 @@ def run_encode(args: argparse.Namespace) -> int:
     for reason, count in skipped.items():
         print(f"  skipped {count}: {reason}")
     return 0
-
-
-def torch_cuda_available() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
 
 
 def run_shards(args: argparse.Namespace) -> int:

@@ -14,12 +14,12 @@ import os
 from pathlib import Path
 
 import emoji
-import torch
 
 from eidos.config import DataConfig, EncodersConfig
 from eidos.data import openmoji
 from eidos.data.cache import FORMAT_VERSION, EncodedSet, write_cache
-from eidos.encoders.codecs import encode_moments, scaling_factor
+from eidos.data.encode import encode_images
+from eidos.encoders.codecs import scaling_factor
 
 logger = logging.getLogger(__name__)
 
@@ -59,9 +59,7 @@ def prepare_openmoji(data: DataConfig, encoders: EncodersConfig, codec, text_enc
     train, held_out = openmoji.split_held_out(items, data.held_out_fraction, data.split_seed)
     attributes = {**cache_attributes(data, encoders), "source": "openmoji", "scaling_factor": scaling_factor(codec)}
     for split, subset in (("train", train), ("held_out", held_out)):
-        pixels = torch.from_numpy(openmoji.render(subset, data.resolution)).permute(0, 3, 1, 2).float() / 255
-        with torch.no_grad():
-            mean, logstd = encode_moments(codec, pixels)
+        mean, logstd = encode_images(codec, openmoji.render(subset, data.resolution), batch_size=256, device="cpu")
         captions = [e.caption for e in subset]
         encoded = EncodedSet(mean, logstd, text_encoder.encode(captions), captions, [e.key for e in subset], attributes)
         write_cache(paths[split], encoded)

@@ -66,21 +66,26 @@ def read_shard(path: Path, resolution: int, skipped: Counter) -> tuple[list[str]
     return keys, captions, images
 
 
+def encode_images(codec, images: np.ndarray, batch_size: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, H, W, 3) uint8 images -> posterior mean and log-std (N, C, h, w) on CPU, in batches on `device`."""
+    means, logstds = [], []
+    for start in range(0, len(images), batch_size):
+        pixels = torch.from_numpy(np.asarray(images[start : start + batch_size])).permute(0, 3, 1, 2).float() / 255
+        mean, logstd = encode_moments(codec, pixels.to(device))
+        means.append(mean.cpu())
+        logstds.append(logstd.cpu())
+    return torch.cat(means), torch.cat(logstds)
+
+
 def encode_shard(path: Path, out: Path, codec, text_encoder, attributes: dict, batch_size: int,
                  skipped: Counter, device) -> int:
     """Encode one shard into `out`; returns the number of samples written."""
     keys, captions, images = read_shard(path, attributes["resolution"], skipped)
-    means, logstds = [], []
-    for start in range(0, len(images), batch_size):
-        pixels = torch.from_numpy(np.stack(images[start : start + batch_size])).permute(0, 3, 1, 2).float() / 255
-        mean, logstd = encode_moments(codec, pixels.to(device))
-        means.append(mean.cpu())
-        logstds.append(logstd.cpu())
     if not keys:
         logger.warning("%s has no usable sample; no cache written", path)
         return 0
-    text = text_encoder.encode(captions)
+    mean, logstd = encode_images(codec, np.stack(images), batch_size, device)
     meta = {**attributes, "format_version": FORMAT_VERSION, "scaling_factor": scaling_factor(codec),
             "source": str(path)}
-    write_cache(out, EncodedSet(torch.cat(means), torch.cat(logstds), text, captions, keys, meta))
+    write_cache(out, EncodedSet(mean, logstd, text_encoder.encode(captions), captions, keys, meta))
     return len(keys)

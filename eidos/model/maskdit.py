@@ -109,10 +109,16 @@ class MaskDiT(ModelMixin, ConfigMixin):
             nn.init.zeros_(layer.weight)
             nn.init.zeros_(layer.bias)
 
+    @property
+    def weight_dtype(self) -> torch.dtype:
+        """The dtype inputs are cast to; O(1), unlike ModelMixin.dtype, which walks every parameter."""
+        return self.patch_embed.weight.dtype
+
     def _condition(self, t: torch.Tensor, text_pooled: torch.Tensor | None, drop_text: torch.Tensor) -> torch.Tensor:
         """c (B, width) from the time condition and pooled text (null text where drop_text)."""
-        null = self.null_text.to(self.dtype).expand(t.shape[0], -1)
-        pooled = null if text_pooled is None else torch.where(drop_text[:, None], null, text_pooled.to(self.dtype))
+        dtype = self.weight_dtype
+        null = self.null_text.to(dtype).expand(t.shape[0], -1)
+        pooled = null if text_pooled is None else torch.where(drop_text[:, None], null, text_pooled.to(dtype))
         return self.time_embedder(t) + self.text_embedder(pooled)
 
     def _text_context(
@@ -122,12 +128,12 @@ class MaskDiT(ModelMixin, ConfigMixin):
         if not self.config.cross_attention:
             return None, None
         if text_tokens is None:  # fully unconditional call
-            text_tokens = self.null_text_token.to(self.dtype).expand(batch, 1, -1)
+            text_tokens = self.null_text_token.to(self.weight_dtype).expand(batch, 1, -1)
             drop_text = torch.ones(batch, dtype=torch.bool, device=text_tokens.device)
         if text_mask is None:
             text_mask = torch.ones(text_tokens.shape[:2], dtype=torch.bool, device=text_tokens.device)
-        null = self.null_text_token.to(self.dtype).expand_as(text_tokens)
-        tokens = torch.where(drop_text[:, None, None], null, text_tokens.to(self.dtype))
+        null = self.null_text_token.to(self.weight_dtype).expand_as(text_tokens)
+        tokens = torch.where(drop_text[:, None, None], null, text_tokens.to(self.weight_dtype))
         only_first = torch.zeros_like(text_mask, dtype=torch.bool)
         only_first[:, 0] = True
         key_mask = torch.where(drop_text[:, None], only_first, text_mask.bool())
@@ -185,7 +191,8 @@ class MaskDiT(ModelMixin, ConfigMixin):
 
         c = self._condition(t, text_pooled, drop_text)  # (B, width)
         context, context_mask = self._text_context(text_tokens, text_mask, drop_text, batch)
-        h = self.patch_embed(patchify(x, self.config.patch_size).to(self.dtype)) + self.pos_embed  # (B, N, width)
+        tokens = patchify(x, self.config.patch_size).to(self.weight_dtype)  # (B, N, p*p*C)
+        h = self.patch_embed(tokens) + self.pos_embed  # (B, N, width)
         if token_mask is not None:
             h = token_mask.keep(h)  # (B, K, width)
         h = self._run_blocks(self.encoder_blocks, h, c, context, context_mask, math_attention)

@@ -8,6 +8,7 @@ reused for every forward of one training example (flow branch, unconditional pas
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 
@@ -55,12 +56,12 @@ class TokenMask:
         """(B, K) indices of kept tokens, in shuffled order."""
         return self.ids_shuffle[:, : self.num_kept]
 
-    @property
+    @cached_property  # one argsort per mask, however many forwards reuse it
     def ids_restore(self) -> torch.Tensor:
         """(B, N) position of each original token in the shuffled sequence."""
         return self.ids_shuffle.argsort(dim=1)
 
-    @property
+    @cached_property
     def removed(self) -> torch.Tensor:
         """(B, N) bool, True where a token was removed (not seen by the encoder)."""
         removed = torch.ones_like(self.ids_shuffle, dtype=torch.bool)
