@@ -38,6 +38,8 @@ def test_from_removed_reproduces_the_mask():
     mask = TokenMask.random(4, 32, 0.5, torch.Generator().manual_seed(2))
     again = TokenMask.from_removed(mask.removed)
     assert torch.equal(again.removed, mask.removed)
+    told = TokenMask.from_removed(mask.removed, num_kept=16)  # no host read-back of the count
+    assert told.num_kept == again.num_kept and torch.equal(told.ids_shuffle, again.ids_shuffle)
     with pytest.raises(ValueError, match="same number"):
         TokenMask.from_removed(torch.tensor([[True, False], [False, False]]))
 

@@ -79,7 +79,7 @@ class TextEncoder:
 def load_text_encoder(name: str, max_length: int, device: torch.device | str = "cpu") -> TextEncoder:
     """"minilm", "clip" (= openai/clip-vit-large-patch14), or a hub id / local folder (with `text_encoder/` and
     `tokenizer/` subfolders for a pipeline folder)."""
-    source = {"minilm": minilm_path(), "clip": CLIP_L}.get(name, name)
+    source = minilm_path() if name == "minilm" else CLIP_L if name == "clip" else name
     model_dir, tokenizer_dir = {}, {}
     if (Path(source) / "text_encoder" / "config.json").exists():
         model_dir, tokenizer_dir = {"subfolder": "text_encoder"}, {"subfolder": "tokenizer"}

@@ -40,11 +40,15 @@ class TokenMask:
         return cls(ids_shuffle=noise.argsort(dim=1), num_kept=num_kept_tokens(num_tokens, mask_ratio))
 
     @classmethod
-    def from_removed(cls, removed: torch.Tensor) -> TokenMask:
-        """The mask that removes exactly `removed` (B, N) bool (kept tokens first, in token order)."""
-        num_kept = int((~removed[0]).sum())
-        if bool(((~removed).sum(dim=1) != num_kept).any()):
-            raise ValueError("every sample of a batch must keep the same number of tokens")
+    def from_removed(cls, removed: torch.Tensor, num_kept: int | None = None) -> TokenMask:
+        """The mask that removes exactly `removed` (B, N) bool (kept tokens first, in token order).
+
+        Pass `num_kept` when it is known: counting and checking it reads the mask back to the host, a GPU sync.
+        """
+        if num_kept is None:
+            num_kept = int((~removed[0]).sum())
+            if bool(((~removed).sum(dim=1) != num_kept).any()):
+                raise ValueError("every sample of a batch must keep the same number of tokens")
         return cls(ids_shuffle=removed.to(torch.uint8).argsort(dim=1, stable=True), num_kept=num_kept)
 
     def __getitem__(self, index: slice) -> TokenMask:

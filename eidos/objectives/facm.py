@@ -11,7 +11,7 @@ from torch import nn
 
 from eidos.config import ObjectiveConfig
 from eidos.data.batch import Batch
-from eidos.model.masking import TokenMask
+from eidos.model.masking import TokenMask, num_kept_tokens
 from eidos.objectives.consistency import (
     adaptive_consistency_loss,
     consistency_target,
@@ -74,7 +74,9 @@ class FACMObjective:
         # Flow anchor branch: instantaneous velocity at condition -s (draws the token mask for this example).
         flow = model(x_s, flow_condition(s), **text, drop_text=dropped, mask_ratio=self.mask_ratio, generator=generator)
         removed = flow.mask
-        token_mask = TokenMask.from_removed(removed) if self.mask_ratio > 0 else None
+        token_mask = None
+        if self.mask_ratio > 0:
+            token_mask = TokenMask.from_removed(removed, num_kept_tokens(removed.shape[1], self.mask_ratio))
         patch_size = patch_size_of(x0, removed)
 
         target_u = u_cond
