@@ -82,3 +82,22 @@ def test_sample_cli_is_deterministic_per_seed_and_prompt(run_dir, tmp_path):
     assert main(["sample", "--checkpoint", str(run_dir), "--prompt", "red apple", "--prompt", "flag Germany",
                  "--num-seeds", "3", "--out", str(grid)]) == 0
     assert Image.open(grid).size[1] > 2 * 64
+
+
+def test_eval_cli_scores_the_run_against_its_own_data(run_dir, tmp_path, capsys):
+    out = tmp_path / "eval.json"
+    args = ["eval", "--checkpoint", str(run_dir), "--consistency-steps", "1", "2", "--flow-steps", "2",
+            "--max-prompts", "10", "--out", str(out)]
+    assert main(args) == 0
+    report = json.loads(out.read_text())
+    assert report["config"] == str(run_dir / "config.yaml")  # the run's data (16 px, its cache), not the default
+    rows = {row["images"]: row for row in report["rows"]}
+    assert list(rows) == ["real held-out", "consistency 1 step", "consistency 2 steps", "flow 2 steps, CFG 1",
+                          "chance"]
+    assert rows["chance"]["top-1"] == pytest.approx(0.1) and rows["chance"]["top-5"] == pytest.approx(0.5)
+    for name in list(rows)[:-1]:
+        assert rows[name]["frechet"] >= 0 and 0 <= rows[name]["top-1"] <= rows[name]["top-5"] <= 1
+    # 60 steps of a 100k-parameter model are far from the data: farther than the real held-out images are
+    assert rows["consistency 1 step"]["frechet"] > rows["real held-out"]["frechet"]
+    assert "| real held-out |" in capsys.readouterr().out
+    assert main(args[:3] + ["--consistency-steps", "0"]) == 2  # refused before loading anything

@@ -7,9 +7,9 @@ import logging
 import sys
 
 from eidos import __version__
-from eidos.cli import data, export, sample, train
+from eidos.cli import data, evaluate, export, sample, train
 
-COMMANDS = {"train": train, "sample": sample, "export": export, "data": data}
+COMMANDS = {"train": train, "sample": sample, "eval": evaluate, "export": export, "data": data}
 
 
 def build_parser() -> argparse.ArgumentParser:

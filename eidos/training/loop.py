@@ -11,12 +11,10 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import glob
 import hashlib
 import json
 import logging
 import math
-import os
 import signal
 import time
 from pathlib import Path
@@ -29,10 +27,9 @@ from diffusers import FlowMatchEulerDiscreteScheduler
 from torch import nn
 from tqdm.auto import tqdm
 
-from eidos.config import Config, DataConfig, TrainConfig
-from eidos.data.cache import concat_sets, read_cache
-from eidos.data.embedded import cache_attributes, prepare_openmoji
+from eidos.config import Config, TrainConfig
 from eidos.data.loader import EpochOrder, gather, micro_batch_start
+from eidos.data.sources import cache_files, load_encoded_sets
 from eidos.encoders import load_codec, load_text_encoder
 from eidos.model import MaskDiT
 from eidos.objectives import FACMObjective
@@ -126,16 +123,10 @@ def train(config: Config) -> Path:
     # Inputs first, cheapest checks first: cache files, then the encoders (the text encoder is kept for exports),
     # then the OpenMoji cache, which the main process builds once while the others wait.
     if config.data.source == "cache":
-        train_files, held_out_files = cache_files(config.data)
+        cache_files(config.data)  # a glob that matches nothing fails here, before the encoders load
     codec = load_codec(config.encoders.codec)
     text_encoder = load_text_encoder(config.encoders.text, config.encoders.text_max_length)
-    if config.data.source == "openmoji":
-        with accelerator.main_process_first():
-            paths = prepare_openmoji(config.data, config.encoders, codec, text_encoder)
-        train_files, held_out_files = [paths["train"]], [paths["held_out"]]
-    expected = cache_attributes(config.data, config.encoders)
-    train_set = concat_sets([read_cache(path, expected) for path in train_files])
-    held_out = concat_sets([read_cache(path, expected) for path in held_out_files]) if held_out_files else None
+    train_set, held_out = load_encoded_sets(config, codec, text_encoder, accelerator.main_process_first)
     order = EpochOrder(len(train_set), cfg.seed)
     latent_shape = tuple(train_set.latent_mean.shape[1:])
 
@@ -294,17 +285,6 @@ def train(config: Config) -> Path:
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return final
-
-
-def cache_files(data: DataConfig) -> tuple[list[Path], list[Path]]:
-    """The training and held-out cache files named by data.train_files / data.held_out_files (globs)."""
-    found = {}
-    for key in ("train_files", "held_out_files"):
-        pattern = getattr(data, key)
-        found[key] = sorted(Path(p) for p in glob.glob(os.path.expanduser(pattern))) if pattern else []
-        if pattern and not found[key]:
-            raise FileNotFoundError(f"data.{key}={pattern!r} matches no file")
-    return found["train_files"], found["held_out_files"]
 
 
 def _flat(tree: dict, prefix: str = "") -> dict:

@@ -1,0 +1,41 @@
+"""Where a config's encoded sets come from: the embedded OpenMoji cache (built on first use) or the HDF5 cache
+files named by data.train_files / data.held_out_files. Shared by training and evaluation."""
+
+from __future__ import annotations
+
+import glob
+import os
+from contextlib import nullcontext
+from pathlib import Path
+
+from eidos.config import Config, DataConfig
+from eidos.data.cache import EncodedSet, concat_sets, read_cache
+from eidos.data.embedded import cache_attributes, prepare_openmoji
+
+
+def cache_files(data: DataConfig) -> tuple[list[Path], list[Path]]:
+    """The training and held-out cache files named by data.train_files / data.held_out_files (globs)."""
+    found = {}
+    for key in ("train_files", "held_out_files"):
+        pattern = getattr(data, key)
+        found[key] = sorted(Path(p) for p in glob.glob(os.path.expanduser(pattern))) if pattern else []
+        if pattern and not found[key]:
+            raise FileNotFoundError(f"data.{key}={pattern!r} matches no file")
+    return found["train_files"], found["held_out_files"]
+
+
+def load_encoded_sets(
+    config: Config, codec, text_encoder, build_guard=nullcontext
+) -> tuple[EncodedSet, EncodedSet | None]:
+    """(training set, held-out set or None), read into memory and checked against the config's encoders and
+    resolution. `build_guard()` wraps building the OpenMoji cache (the trainer passes main_process_first)."""
+    if config.data.source == "openmoji":
+        with build_guard():
+            paths = prepare_openmoji(config.data, config.encoders, codec, text_encoder)
+        train_files, held_out_files = [paths["train"]], [paths["held_out"]]
+    else:
+        train_files, held_out_files = cache_files(config.data)
+    expected = cache_attributes(config.data, config.encoders)
+    train_set = concat_sets([read_cache(path, expected) for path in train_files])
+    held_out = concat_sets([read_cache(path, expected) for path in held_out_files]) if held_out_files else None
+    return train_set, held_out

@@ -1,0 +1,75 @@
+"""Score image sets against a captioned reference set: Fréchet distance and caption alignment, with the real
+held-out images as the floor/ceiling and chance for the alignment."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from eidos.evaluation.alignment import caption_alignment
+from eidos.evaluation.features import extract
+from eidos.evaluation.frechet import FeatureStatistics, frechet_distance
+
+
+@dataclass
+class CaptionedImages:
+    """Images (N, 3, H, W) in [0, 1] with their captions and pooled caption embeddings (N, E)."""
+
+    images: torch.Tensor
+    captions: list[str]
+    text: torch.Tensor
+
+    def __post_init__(self) -> None:
+        if not len(self.images) == len(self.captions) == len(self.text):
+            raise ValueError(f"{len(self.images)} images, {len(self.captions)} captions and {len(self.text)} "
+                             "text embeddings: they must be as many")
+
+
+@dataclass
+class Reference:
+    """Features, their statistics and the caption embeddings of the reference (training) images."""
+
+    features: torch.Tensor
+    statistics: FeatureStatistics
+    text: torch.Tensor
+
+    @classmethod
+    def of(cls, reference: CaptionedImages, extractor) -> Reference:
+        features = extract(extractor, reference.images)
+        return cls(features, FeatureStatistics.of(features), reference.text)
+
+
+def score(images: torch.Tensor, prompts: CaptionedImages, reference: Reference, extractor,
+          ks: tuple[int, ...]) -> dict[str, float]:
+    """images[i] was made for prompts.captions[i]: Fréchet distance to the reference and alignment hit rates."""
+    features = extract(extractor, images)
+    hits = caption_alignment(features, torch.arange(len(features)), prompts.text, reference.features,
+                             reference.text, ks)
+    return {"frechet": frechet_distance(FeatureStatistics.of(features), reference.statistics),
+            **{f"top-{k}": rate for k, rate in hits.items()}}
+
+
+def evaluate(
+    generators: dict[str, Callable[[], torch.Tensor]],
+    prompts: CaptionedImages,
+    reference: CaptionedImages,
+    extractor,
+    ks: tuple[int, ...] = (1, 5),
+) -> list[dict]:
+    """One row per image source: the real held-out images (`prompts.images`), each generator (called once,
+    returning one image per prompt, in order, timed) and chance."""
+    ref = Reference.of(reference, extractor)
+    rows = [{"images": "real held-out", **score(prompts.images, prompts, ref, extractor, ks)}]
+    for name, generate in generators.items():
+        start = time.perf_counter()
+        images = generate()
+        seconds = time.perf_counter() - start
+        if images.shape[0] != len(prompts.captions):
+            raise ValueError(f"{name} made {images.shape[0]} images for {len(prompts.captions)} prompts")
+        rows.append({"images": name, **score(images, prompts, ref, extractor, ks),
+                     "images/s": len(images) / seconds})
+    rows.append({"images": "chance", **{f"top-{k}": min(1.0, k / len(prompts.captions)) for k in ks}})
+    return rows
