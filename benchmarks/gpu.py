@@ -239,8 +239,7 @@ def main() -> None:
         text_encoder = CLIPTextModel(CLIPTextConfig(**clip_config)).to(device).eval()
         bench_encode(vae, text_encoder, args, device, report)
     if "compile" in args.sections:
-        for block in [*model.encoder_blocks, *model.decoder_blocks]:
-            block.compile()  # regional compilation: one compiled graph reused by every identical block
+        model.compile_blocks()
         bench_train(model, args, device, flops, peak_tflops, report, mode="compiled blocks")
     print(f"\ntotal wall time {time.perf_counter() - started:.0f} s", flush=True)
 

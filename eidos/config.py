@@ -114,7 +114,9 @@ class DataConfig:
     (default $EIDOS_CACHE_DIR or ~/.cache/eidos). skin_tone_variants "drop" keeps one image per base emoji.
     held_out_fraction of the base emoji (chosen with split_seed) never enter training.
     source "cache": HDF5 cache files made by the encode step, `train_files` (and optionally `held_out_files`,
-    for the sample grids) as glob patterns; their attributes must match the encoders and resolution."""
+    for the sample grids) as glob patterns; their attributes must match the encoders and resolution.
+    in_memory false streams the training rows from the cache files (sets larger than memory; same order, same
+    results), each process reading its own micro-batches one step ahead in a background thread."""
 
     source: str = "openmoji"
     resolution: int = 32
@@ -124,7 +126,7 @@ class DataConfig:
     held_out_fraction: float = 0.05
     split_seed: int = 0
     skin_tone_variants: str = "drop"
-    num_workers: int = 0
+    in_memory: bool = True
 
     def __post_init__(self) -> None:
         _require(self.source in ("openmoji", "cache"), "data.source", self.source, "'openmoji' or 'cache'")
@@ -135,7 +137,6 @@ class DataConfig:
         _require(0 < self.held_out_fraction < 0.5, "data.held_out_fraction", self.held_out_fraction, "in (0, 0.5)")
         _require(self.skin_tone_variants in ("keep", "drop"), "data.skin_tone_variants", self.skin_tone_variants,
                  "'keep' or 'drop'")
-        _require(self.num_workers >= 0, "data.num_workers", self.num_workers, "an integer >= 0")
 
 
 def _is_model_reference(value: str, names: tuple[str, ...]) -> bool:
@@ -184,7 +185,9 @@ def _default_stages() -> list[StageConfig]:
 @dataclass
 class TrainConfig:
     """The optimisation loop. batch_size is the global batch (over processes and accumulation steps).
-    A step with a non-finite loss or gradient is skipped; max_consecutive_skips in a row stop the run."""
+    A step with a non-finite loss or gradient is skipped; max_consecutive_skips in a row stop the run.
+    compile: torch.compile each transformer block of the trained model (worth it on GPU: 1.28x for XL/2 on an
+    H200; compiling takes tens of seconds at the start and again when a stage changes the token count)."""
 
     output_dir: str = "runs/openmoji"
     seed: int = 0
@@ -203,6 +206,7 @@ class TrainConfig:
     mixed_precision: str = "bf16"
     allow_tf32: bool = True
     gradient_checkpointing: bool = False
+    compile: bool = False
     checkpoint_every: int = 500
     checkpoints_total_limit: int = 2
     log_every: int = 10

@@ -55,3 +55,33 @@ def test_encode_then_train_from_the_caches(tmp_path, capsys):
     train(load_config(default_config_path(), overrides))
     assert (run / "checkpoint-4").is_dir() and (run / "model" / "model_index.json").exists()
     assert np.asarray(Image.open(run / "samples" / "step-0000004.png")).shape[2] == 3
+
+
+def test_truncated_shards_keep_the_complete_samples_before_the_cut(tmp_path, capsys):
+    import io
+    import tarfile
+
+    from eidos.data.shards import ShardSample, write_shards
+
+    buffer = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(buffer, "PNG")
+    samples = [ShardSample(f"s{i}", buffer.getvalue(), "png", f"caption {i}") for i in range(5)]
+    shard = write_shards(samples, tmp_path / "whole").shards[0]
+    with tarfile.open(shard) as tar:
+        members = {m.name: m for m in tar.getmembers()}  # per sample, in order: .json, .png, .txt
+    data = shard.read_bytes()
+    (tmp_path / "shards").mkdir()
+    image = members["s3.png"]
+    (tmp_path / "shards" / "mid-member.tar").write_bytes(data[: image.offset_data + image.size // 2])
+    (tmp_path / "shards" / "on-a-header.tar").write_bytes(data[: members["s3.json"].offset])  # tarfile: no error
+    (tmp_path / "shards" / "empty.tar").write_bytes(b"")
+    assert main(["data", "encode", "--shards", str(tmp_path / "shards" / "*.tar"), "--out", str(tmp_path / "cache"),
+                 "--resolution", "8"]) == 0
+    out = capsys.readouterr().out
+    assert "encoded 6 samples from 3 shard(s)" in out
+    assert "skipped 3: truncated or corrupt tar (rest of the shard lost)" in out
+    assert "no image" not in out and "caption" not in out  # the partial sample s3 is dropped, not miscounted
+    for name in ("mid-member", "on-a-header"):
+        cached = read_cache(tmp_path / "cache" / f"{name}.h5")
+        assert cached.keys == ["s0", "s1", "s2"] and cached.captions == ["caption 0", "caption 1", "caption 2"]
+    assert not (tmp_path / "cache" / "empty.h5").exists()

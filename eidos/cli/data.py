@@ -1,8 +1,11 @@
-"""`eidos data`: webdataset shards (img2dataset's layout) from an image folder or OpenMoji; shards -> HDF5 caches."""
+"""`eidos data`: webdataset shards (img2dataset's layout) from a URL list, an image folder or OpenMoji; shards -> HDF5
+caches."""
 
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -19,10 +22,44 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     shards.add_argument("--out", required=True, help="output folder for shard-00000.tar, ...")
     shards.add_argument("--samples-per-shard", type=int, default=1000)
     add_encode_arguments(actions)
+    add_download_arguments(actions)
 
 
 def run(args: argparse.Namespace) -> int:
-    return run_encode(args) if args.action == "encode" else run_shards(args)
+    return {"shards": run_shards, "encode": run_encode, "download": run_download}[args.action](args)
+
+
+def run_download(args: argparse.Namespace) -> int:
+    import shlex
+    import subprocess
+    from pathlib import Path
+
+    from eidos.data.download import downloaded, find_img2dataset, img2dataset_command
+
+    executable = find_img2dataset(args.img2dataset)  # first: without it nothing below is of use
+    url_list, out = Path(args.url_list).expanduser(), Path(args.out).expanduser()
+    if not url_list.is_file():
+        raise FileNotFoundError(f"--url-list {url_list} does not exist")
+    for name in ("image_size", "processes", "threads", "samples_per_shard"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    command = img2dataset_command(executable, url_list, out, url_col=args.url_col, caption_col=args.caption_col,
+                                  image_size=args.image_size, processes=args.processes, threads=args.threads,
+                                  samples_per_shard=args.samples_per_shard)
+    print(shlex.join(command))
+    if args.dry_run:
+        return 0
+    returncode = subprocess.run(command).returncode
+    if returncode != 0:
+        print(f"img2dataset failed with exit status {returncode}; rerun the same command to resume", file=sys.stderr)
+        return returncode
+    shards, images = downloaded(out)
+    if not shards:
+        raise ValueError(f"img2dataset wrote no shard into {out}; see its log above (are the URLs reachable?)")
+    print(f"wrote {len(shards)} shard(s)" + (f" with {images} images" if images is not None else "") + f" to {out}")
+    print("next: eidos data encode --shards " + shlex.quote(str(out / "*.tar")) + " --out cache/ --codec sdxl "
+          f"--text-encoder clip --resolution {args.image_size}")
+    return 0
 
 
 def run_encode(args: argparse.Namespace) -> int:
@@ -100,3 +137,22 @@ def add_encode_arguments(actions) -> None:
     encode.add_argument("--text-max-length", type=int, default=None, help="tokens (default 77 for CLIP, else 16)")
     encode.add_argument("--resolution", type=int, default=256, help="image side after centre crop (default 256)")
     encode.add_argument("--batch-size", type=int, default=32)
+
+
+def add_download_arguments(actions) -> None:
+    download = actions.add_parser("download", help="download a URL + caption list into shards with img2dataset",
+                                  description="Download the images of a URL + caption list into webdataset shards "
+                                              "by running img2dataset (installed in its own environment: it pins "
+                                              "webdataset<0.3). Rerun the same command to resume.")
+    download.add_argument("--url-list", required=True, help=".parquet, .csv or .tsv file with url and caption columns")
+    download.add_argument("--out", required=True, help="output folder for 00000.tar, ...")
+    download.add_argument("--url-col", default="url", help="column of the image URLs (default url)")
+    download.add_argument("--caption-col", default="caption", help="column of the captions (default caption)")
+    download.add_argument("--image-size", type=int, default=256,
+                          help="side of the centre-cropped JPEGs (default 256; at least the encode --resolution)")
+    download.add_argument("--processes", type=int, default=os.cpu_count() or 1,
+                          help="img2dataset processes (default: the CPU count)")
+    download.add_argument("--threads", type=int, default=64, help="download threads per process (default 64)")
+    download.add_argument("--samples-per-shard", type=int, default=1000)
+    download.add_argument("--img2dataset", help="path of the img2dataset program (default: img2dataset on PATH)")
+    download.add_argument("--dry-run", action="store_true", help="print the img2dataset command, do not run it")

@@ -102,10 +102,10 @@ def captioned_images(pipeline, encoded, indices: torch.Tensor, args: argparse.Na
     from eidos.encoders import decode
     from eidos.evaluation.report import CaptionedImages
 
-    images = [decode(pipeline.vae, encoded.latent_mean[chunk].float().to(args.device)).cpu()
-              for chunk in indices.split(args.batch_size)]
-    return CaptionedImages(torch.cat(images), [encoded.captions[i] for i in indices.tolist()],
-                           encoded.text.pooled[indices].float())
+    rows = encoded.rows(indices)
+    images = [decode(pipeline.vae, chunk.float().to(args.device)).cpu() for chunk in rows.latent_mean.split(
+        args.batch_size)]
+    return CaptionedImages(torch.cat(images), rows.captions, rows.text.pooled.float())
 
 
 @torch.no_grad()

@@ -24,6 +24,7 @@ from eidos.data.batch import TextEmbeddings
 
 FORMAT_VERSION = 1
 MATCHED_ATTRIBUTES = ("format_version", "codec", "text_encoder", "text_max_length", "resolution")
+DATASETS = ("latent_mean", "latent_logstd", "text_tokens", "text_mask", "text_pooled", "caption", "key")
 
 
 @dataclass
@@ -39,6 +40,21 @@ class EncodedSet:
 
     def __len__(self) -> int:
         return self.latent_mean.shape[0]
+
+    @property
+    def latent_shape(self) -> tuple[int, ...]:
+        return tuple(self.latent_mean.shape[1:])
+
+    @property
+    def text_dim(self) -> int:
+        return self.text.pooled.shape[1]
+
+    def rows(self, indices: torch.Tensor, strings: bool = True) -> EncodedSet:
+        """The samples at `indices` (any order, repeats allowed) as a set of their own; strings=False leaves
+        captions and keys empty (the training step needs none)."""
+        picked = indices.tolist() if strings else []
+        return EncodedSet(self.latent_mean[indices], self.latent_logstd[indices], self.text[indices],
+                          [self.captions[i] for i in picked], [self.keys[i] for i in picked], self.attributes)
 
 
 def write_cache(path: str | Path, encoded: EncodedSet) -> None:
@@ -69,13 +85,7 @@ def read_cache(path: str | Path, expected: dict | None = None) -> EncodedSet:
     if not path.exists():
         raise FileNotFoundError(f"cache file {path} does not exist")
     with h5py.File(path, "r") as f:
-        attributes = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in f.attrs.items()}
-        if expected is not None:
-            check_attributes(path, attributes, expected)
-        missing = [n for n in ("latent_mean", "latent_logstd", "text_tokens", "text_mask", "text_pooled",
-                               "caption", "key") if n not in f]
-        if missing:
-            raise ValueError(f"cache file {path} lacks datasets {missing}; rebuild it")
+        attributes = checked_attributes(f, path, expected)
         return EncodedSet(
             latent_mean=torch.from_numpy(f["latent_mean"][:]),
             latent_logstd=torch.from_numpy(f["latent_logstd"][:]),
@@ -84,10 +94,25 @@ def read_cache(path: str | Path, expected: dict | None = None) -> EncodedSet:
                 tokens=torch.from_numpy(f["text_tokens"][:]),
                 mask=torch.from_numpy(f["text_mask"][:]),
             ),
-            captions=[c.decode() if isinstance(c, bytes) else c for c in f["caption"][:]],
-            keys=[k.decode() if isinstance(k, bytes) else k for k in f["key"][:]],
+            captions=decode_strings(f["caption"][:]),
+            keys=decode_strings(f["key"][:]),
             attributes=attributes,
         )
+
+
+def checked_attributes(f: h5py.File, path: Path, expected: dict | None) -> dict:
+    """The attributes of an open cache file, after checking them against `expected` and that no dataset is missing."""
+    attributes = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in f.attrs.items()}
+    if expected is not None:
+        check_attributes(path, attributes, expected)
+    missing = [n for n in DATASETS if n not in f]
+    if missing:
+        raise ValueError(f"cache file {path} lacks datasets {missing}; rebuild it")
+    return attributes
+
+
+def decode_strings(values) -> list[str]:
+    return [v.decode() if isinstance(v, bytes) else v for v in values]
 
 
 def check_attributes(path: Path, attributes: dict, expected: dict) -> None:

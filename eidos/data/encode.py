@@ -1,14 +1,16 @@
 """Encode webdataset shards into HDF5 caches: one cache file per shard, written atomically, so a rerun skips
 the shards that are done. Images are converted to RGB (grey, CMYK, palette; alpha composited on white),
-centre-cropped to a square and resized to the resolution; undecodable images and empty captions are skipped
-and counted.
+centre-cropped to a square and resized to the resolution; undecodable images, empty captions and the tail of a
+truncated shard are skipped and counted.
 """
 
 from __future__ import annotations
 
 import io
 import logging
+import tarfile
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -38,16 +40,51 @@ def to_rgb_square(data: bytes, resolution: int) -> np.ndarray:
         return np.asarray(image)
 
 
+def shard_samples(path: Path, skipped: Counter) -> Iterator[dict]:
+    """webdataset's samples of one shard, minus the damage of a shard cut short or corrupt.
+
+    A cut (an interrupted download or copy) ends the shard early: the complete samples before it are kept and the
+    shard counts once as "truncated or corrupt tar". webdataset passes on the sample at the cut with whatever
+    members it got, so the last sample is held back and kept only if it has every member its predecessor had
+    (a shard's samples share one layout); a cut that falls on a member header raises nothing in tarfile, so the
+    end-of-archive blocks are checked too.
+    """
+    errors: list[Exception] = []
+
+    def on_error(error: Exception) -> bool:
+        errors.append(error)
+        return True  # keep what was read; webdataset then ends this shard
+
+    held, layout = None, set()
+    for sample in wds.WebDataset(str(path), shardshuffle=False, handler=on_error, empty_check=False):
+        if held is not None:
+            yield held
+            layout = set(held)
+        held = sample
+    damaged = bool(errors) or not ends_with_end_of_archive(path)
+    if held is not None and (not damaged or (layout and layout <= set(held))):
+        yield held
+    if damaged:
+        skipped["truncated or corrupt tar (rest of the shard lost)"] += 1
+        reason = errors[0] if errors else "no end-of-archive blocks"
+        logger.warning("%s is cut short or corrupt (%s): kept the complete samples before the damage; write or "
+                       "download the shard again to recover the rest", path, reason)
+
+
+def ends_with_end_of_archive(path: Path) -> bool:
+    """A whole tar ends with two zero blocks (tar writers pad further with zeros)."""
+    size = path.stat().st_size
+    if size < 2 * tarfile.BLOCKSIZE or size % tarfile.BLOCKSIZE:
+        return False
+    with open(path, "rb") as handle:
+        handle.seek(size - 2 * tarfile.BLOCKSIZE)
+        return handle.read() == bytes(2 * tarfile.BLOCKSIZE)
+
+
 def read_shard(path: Path, resolution: int, skipped: Counter) -> tuple[list[str], list[str], list[np.ndarray]]:
     """Keys, captions and images of the good samples of one shard; bad ones are counted in `skipped`."""
     keys, captions, images = [], [], []
-
-    def on_error(error: Exception) -> bool:
-        skipped[f"unreadable tar data ({type(error).__name__})"] += 1
-        logger.warning("%s: %s", path, error)
-        return True
-
-    for sample in wds.WebDataset(str(path), shardshuffle=False, handler=on_error):
+    for sample in shard_samples(path, skipped):
         image_key = next((k for k in IMAGE_KEYS if k in sample), None)
         caption = sample.get("txt", b"").decode("utf-8", errors="replace").strip()
         if image_key is None:

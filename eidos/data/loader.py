@@ -1,4 +1,4 @@
-"""Deterministic, resumable batches from an in-memory encoded set.
+"""Deterministic, resumable batches from an encoded set (in memory or streamed from its cache files).
 
 Sample order is a pure function of (seed, epoch): the sample at global position p is
 permutation(seed, p // N)[p % N]. The data position of a run is therefore just the number of samples seen,
@@ -8,12 +8,14 @@ per-micro-batch slices, so processes read disjoint samples.
 
 from __future__ import annotations
 
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import torch
 
 from eidos.data.batch import Batch, TextEmbeddings
 from eidos.data.cache import EncodedSet
+from eidos.data.streamed import StreamedCache
 
 
 @dataclass
@@ -69,7 +71,43 @@ def micro_batch_start(samples_seen: int, micro: int, rank: int, world: int, micr
     return samples_seen + (micro * world + rank) * micro_batch
 
 
-def gather(data: EncodedSet, indices: torch.Tensor, device: torch.device | str) -> EncodedBatch:
-    """Rows `indices` of an in-memory set as a batch on `device`."""
-    text = TextEmbeddings(data.text.pooled[indices], data.text.tokens[indices], data.text.mask[indices])
-    return EncodedBatch(data.latent_mean[indices].to(device), data.latent_logstd[indices].to(device), text.to(device))
+def gather(data: EncodedSet | StreamedCache, indices: torch.Tensor, device: torch.device | str) -> EncodedBatch:
+    """Rows `indices` of a set (in memory or streamed from its files) as a batch on `device`."""
+    return to_batch(data.rows(indices, strings=False), device)
+
+
+def to_batch(rows: EncodedSet, device: torch.device | str) -> EncodedBatch:
+    return EncodedBatch(rows.latent_mean.to(device), rows.latent_logstd.to(device), rows.text.to(device))
+
+
+class Prefetcher:
+    """Reads the rows of the next micro-batch in a background thread while the current one computes.
+
+    `get(start, count)` returns the rows of global positions [start, start + count) and starts reading the
+    micro-batch it is told comes next; asked for anything else, it reads synchronously. Order and content are
+    those of `data.rows(order.indices(start, count))` (without captions), so prefetching never changes what a
+    step sees.
+    """
+
+    def __init__(self, data: EncodedSet | StreamedCache, order: EpochOrder):
+        self.data, self.order = data, order
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="eidos-prefetch")
+        self._pending: tuple[tuple[int, int], Future] | None = None
+
+    def _read(self, start: int, count: int) -> EncodedSet:
+        return self.data.rows(self.order.indices(start, count), strings=False)
+
+    def get(self, start: int, count: int, next_start: int) -> EncodedSet:
+        rows = None
+        if self._pending is not None:
+            key, future = self._pending
+            rows = future.result()  # waited for even when unwanted: one reader at a time
+            if key != (start, count):
+                rows = None
+        if rows is None:
+            rows = self._read(start, count)
+        self._pending = ((next_start, count), self._pool.submit(self._read, next_start, count))
+        return rows
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)

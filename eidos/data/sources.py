@@ -11,6 +11,7 @@ from pathlib import Path
 from eidos.config import Config, DataConfig
 from eidos.data.cache import EncodedSet, concat_sets, read_cache
 from eidos.data.embedded import cache_attributes, prepare_openmoji
+from eidos.data.streamed import StreamedCache
 
 
 def cache_files(data: DataConfig) -> tuple[list[Path], list[Path]]:
@@ -26,9 +27,11 @@ def cache_files(data: DataConfig) -> tuple[list[Path], list[Path]]:
 
 def load_encoded_sets(
     config: Config, codec, text_encoder, build_guard=nullcontext
-) -> tuple[EncodedSet, EncodedSet | None]:
-    """(training set, held-out set or None), read into memory and checked against the config's encoders and
-    resolution. `build_guard()` wraps building the OpenMoji cache (the trainer passes main_process_first)."""
+) -> tuple[EncodedSet | StreamedCache, EncodedSet | None]:
+    """(training set, held-out set or None), checked against the config's encoders and resolution. The training
+    set is read into memory, or streamed from its files with data.in_memory: false; the held-out set (sample
+    grids, evaluation) is always read into memory. `build_guard()` wraps building the OpenMoji cache (the trainer
+    passes main_process_first)."""
     if config.data.source == "openmoji":
         with build_guard():
             paths = prepare_openmoji(config.data, config.encoders, codec, text_encoder)
@@ -36,6 +39,9 @@ def load_encoded_sets(
     else:
         train_files, held_out_files = cache_files(config.data)
     expected = cache_attributes(config.data, config.encoders)
-    train_set = concat_sets([read_cache(path, expected) for path in train_files])
+    if config.data.in_memory:
+        train_set = concat_sets([read_cache(path, expected) for path in train_files])
+    else:
+        train_set = StreamedCache(train_files, expected)
     held_out = concat_sets([read_cache(path, expected) for path in held_out_files]) if held_out_files else None
     return train_set, held_out

@@ -91,6 +91,13 @@ class MaskDiT(ModelMixin, ConfigMixin):
         """A new randomly initialised model of preset `name` ("tiny", "S/2", "B/2", "L/2", "XL/2")."""
         return cls(**preset_config(name, **overrides))
 
+    def compile_blocks(self) -> None:
+        """torch.compile every transformer block ("regional" compilation: one graph per block type, compiled once
+        and reused by all blocks of that type; much faster to compile than the whole model). Parameters and the
+        state dict are unchanged. 1.28x the eager XL/2 training step on an H200 (BENCHMARKS.md)."""
+        for block in [*self.encoder_blocks, *self.decoder_blocks]:
+            block.compile()
+
     def _init_weights(self) -> None:
         """DiT init: xavier linears, then zero AdaLN modulations, cross-attention outputs and the output layer."""
         for module in self.modules():

@@ -28,7 +28,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from eidos.config import Config, TrainConfig
-from eidos.data.loader import EpochOrder, gather, micro_batch_start
+from eidos.data.loader import EpochOrder, Prefetcher, micro_batch_start, to_batch
 from eidos.data.sources import cache_files, load_encoded_sets
 from eidos.encoders import load_codec, load_text_encoder
 from eidos.model import MaskDiT
@@ -128,17 +128,26 @@ def train(config: Config) -> Path:
     text_encoder = load_text_encoder(config.encoders.text, config.encoders.text_max_length)
     train_set, held_out = load_encoded_sets(config, codec, text_encoder, accelerator.main_process_first)
     order = EpochOrder(len(train_set), cfg.seed)
-    latent_shape = tuple(train_set.latent_mean.shape[1:])
+    prefetcher = Prefetcher(train_set, order)
+
+    def next_micro_batch_start(samples_seen: int, micro: int) -> int:
+        """Where this process reads after micro-batch `micro` of the step that starts at samples_seen."""
+        if micro + 1 < cfg.grad_accumulation_steps:
+            return micro_batch_start(samples_seen, micro + 1, rank, world, micro_batch)
+        return micro_batch_start(samples_seen + cfg.batch_size, 0, rank, world, micro_batch)
+    latent_shape = train_set.latent_shape
 
     set_seed(cfg.seed)  # the initial weights are a function of the seed (and the same on every process)
     model = MaskDiT.from_preset(
         config.model.preset, in_channels=latent_shape[0], sample_size=latent_shape[1],
-        text_dim=train_set.text.pooled.shape[1], **config.model.overrides(),
+        text_dim=train_set.text_dim, **config.model.overrides(),
     )
     if cfg.gradient_checkpointing:
         model.enable_gradient_checkpointing()
     ema = EMA(model, cfg.ema_decay, cfg.ema_warmup)
     ema_model = copy.deepcopy(model).eval().requires_grad_(False).to(device)
+    if cfg.compile:  # after the copy: a compiled block's deepcopy would still call the original block
+        model.compile_blocks()
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=cfg.stages[0].learning_rate, betas=cfg.adam_betas, weight_decay=cfg.weight_decay,
         fused=device.type == "cuda",
@@ -214,7 +223,8 @@ def train(config: Config) -> Path:
             parts_sum: dict[str, torch.Tensor] = {}
             for micro in range(cfg.grad_accumulation_steps):
                 start = micro_batch_start(state.samples_seen, micro, rank, world, micro_batch)
-                batch_in = gather(train_set, order.indices(start, micro_batch), device)
+                rows = prefetcher.get(start, micro_batch, next_micro_batch_start(state.samples_seen, micro))
+                batch_in = to_batch(rows, device)
                 generator = torch.Generator(device=device).manual_seed(step_seed(cfg.seed, rank, state.step, micro))
                 last = micro == cfg.grad_accumulation_steps - 1
                 sync = contextlib.nullcontext() if last else accelerator.no_sync(step_module)
@@ -277,6 +287,7 @@ def train(config: Config) -> Path:
 
     finally:
         stop.restore()
+        prefetcher.close()
     progress.close()
     final = output_dir / "model"
     if accelerator.is_main_process:

@@ -46,11 +46,11 @@ def build_preview_set(
     rng = random.Random(config.seed)
     held_out = held_out if held_out is not None else train
     count = config.num_held_out_prompts if held_out is not train else 0
-    held = torch.tensor(_pick(held_out, count, rng), dtype=torch.long)
-    seen = torch.tensor(_pick(train, config.num_train_prompts, rng), dtype=torch.long)
-    captions = [held_out.captions[i] + " *" for i in held] + [train.captions[i] for i in seen]
-    text = held_out.text[held].concat(train.text[seen])
-    references = torch.cat([held_out.latent_mean[held], train.latent_mean[seen]]).float()
+    held = held_out.rows(torch.tensor(_pick(held_out, count, rng), dtype=torch.long))
+    seen = train.rows(torch.tensor(_pick(train, config.num_train_prompts, rng), dtype=torch.long))
+    captions = [caption + " *" for caption in held.captions] + seen.captions
+    text = held.text.concat(seen.text)
+    references = torch.cat([held.latent_mean, seen.latent_mean]).float()
     noise = torch.randn(len(captions), *latent_shape, generator=generator)
     return PreviewSet(captions, text, references, noise)
 
