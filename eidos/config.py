@@ -186,7 +186,7 @@ def _default_stages() -> list[StageConfig]:
 class TrainConfig:
     """The optimisation loop. batch_size is the global batch (over processes and accumulation steps).
     A step with a non-finite loss or gradient is skipped; max_consecutive_skips in a row stop the run.
-    compile: torch.compile each transformer block of the trained model (worth it on GPU: 1.28x for XL/2 on an
+    compile: torch.compile each transformer block of the trained model (worth it on GPU: 1.27x for XL/2 on an
     H200; compiling takes tens of seconds at the start and again when a stage changes the token count)."""
 
     output_dir: str = "runs/openmoji"

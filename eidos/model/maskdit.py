@@ -94,7 +94,7 @@ class MaskDiT(ModelMixin, ConfigMixin):
     def compile_blocks(self) -> None:
         """torch.compile every transformer block ("regional" compilation: one graph per block type, compiled once
         and reused by all blocks of that type; much faster to compile than the whole model). Parameters and the
-        state dict are unchanged. 1.28x the eager XL/2 training step on an H200 (BENCHMARKS.md)."""
+        state dict are unchanged. 1.27x the eager XL/2 training step on an H200 (BENCHMARKS.md)."""
         for block in [*self.encoder_blocks, *self.decoder_blocks]:
             block.compile()
 
