@@ -147,7 +147,8 @@ def bench_train(model, args, device, flops_per_sample: dict[float, float], peak_
         rows.append([args.preset, mode, mask_ratio, args.batch, f"{seconds * 1000:.0f}", f"{samples_per_s:.0f}",
                      f"{seconds / base:.2f}", f"{flops / 1e9:.0f}",
                      f"{estimated_flops_per_sample(model, mask_ratio) / 1e9:.0f}", f"{tflops:.0f}",
-                     f"{100 * tflops / peak_tflops:.1f}" if peak_tflops else "-", f"{100 * tflops / DATASHEET_BF16_TFLOPS:.1f}",
+                     f"{100 * tflops / peak_tflops:.1f}" if peak_tflops else "-",
+                     f"{100 * tflops / DATASHEET_BF16_TFLOPS:.1f}",
                      f"{peak:.1f}", f"{time.perf_counter() - start:.0f}"])
         print(f"  train {mode} mask {mask_ratio}: {seconds * 1000:.0f} ms/step", flush=True)
     report.section(f"train (FM step, bf16 autocast, SDPA, {mode})", [
