@@ -8,7 +8,8 @@ caches are written with the real cache writer at the embedded default's shapes (
 16 x 384 tokens, batch 64) and XL/2's (4 x 32 x 32 SDXL latents, CLIP 77 x 768 tokens, batch 128). The load
 time is of files just written (in the OS page cache); a cold disk adds its read time.
 (b) `eidos data encode`'s CPU stages: JPEG decode + centre crop + Lanczos resize (to_rgb_square) to 256 px, and
-the whole command on OpenMoji shards (pixels codec + MiniLM at 32 px).
+the whole command on OpenMoji shards (pixels codec + MiniLM at 32 px); and the decode side of training straight
+from the shards (data.source=shards), whose encoding then runs on the training device every step.
 
     python -m benchmarks.loader
 """
@@ -32,6 +33,7 @@ from eidos.data.batch import TextEmbeddings
 from eidos.data.cache import EncodedSet, concat_sets, read_cache, write_cache
 from eidos.data.encode import read_shard, to_rgb_square
 from eidos.data.loader import EpochOrder, gather
+from eidos.data.shard_stream import ShardStream
 from eidos.data.streamed import StreamedCache
 
 CPU = torch.device("cpu")
@@ -125,6 +127,10 @@ def bench_encode(folder: Path, jpegs: int, repeats: int) -> list[list]:
         start = time.perf_counter()
         count = sum(len(read_shard(path, 32, Counter())[0]) for path in sorted(shards.glob("*.tar")))
         read_seconds = time.perf_counter() - start
+        stream = ShardStream(sorted(str(p) for p in shards.glob("*.tar")), 32, seed=0, rank=0, shuffle_buffer=1000)
+        start = time.perf_counter()
+        streamed = len(stream.take(count)[0])
+        stream_seconds = time.perf_counter() - start
         start = time.perf_counter()
         main(["data", "encode", "--shards", str(shards / "*.tar"), "--out", str(cache), "--resolution", "32"])
         encode_seconds = time.perf_counter() - start
@@ -133,6 +139,8 @@ def bench_encode(folder: Path, jpegs: int, repeats: int) -> list[list]:
                  f"{count / render_seconds:.0f}"])
     rows.append(["OpenMoji shards: tar read + PNG decode + crop + resize to 32 px", count, f"{read_seconds:.1f}",
                  f"{count / read_seconds:.0f}"])
+    rows.append(["data.source=shards stream: resampled draws + shuffle buffer + decode, 32 px", streamed,
+                 f"{stream_seconds:.1f}", f"{streamed / stream_seconds:.0f}"])
     rows.append(["`eidos data encode` of them (pixels + MiniLM, 32 px, HDF5 write)", count,
                  f"{encode_seconds:.1f}", f"{count / encode_seconds:.0f}"])
     return rows

@@ -116,7 +116,10 @@ class DataConfig:
     source "cache": HDF5 cache files made by the encode step, `train_files` (and optionally `held_out_files`,
     for the sample grids) as glob patterns; their attributes must match the encoders and resolution.
     in_memory false streams the training rows from the cache files (sets larger than memory; same order, same
-    results), each process reading its own micro-batches one step ahead in a background thread."""
+    results), each process reading its own micro-batches one step ahead in a background thread.
+    source "shards": webdataset shards (`train_files`, a glob or a webdataset URL pattern) read as an endless
+    resampled stream through a shuffle buffer of shuffle_buffer samples and encoded on the fly by the configured
+    codec and text encoder (held_out_files, if given, are HDF5 caches). Resume is statistical, not sample-exact."""
 
     source: str = "openmoji"
     resolution: int = 32
@@ -127,11 +130,15 @@ class DataConfig:
     split_seed: int = 0
     skin_tone_variants: str = "drop"
     in_memory: bool = True
+    shuffle_buffer: int = 1000
 
     def __post_init__(self) -> None:
-        _require(self.source in ("openmoji", "cache"), "data.source", self.source, "'openmoji' or 'cache'")
-        _require(self.source != "cache" or bool(self.train_files), "data.train_files", self.train_files,
-                 "a glob of HDF5 cache files when data.source is 'cache'")
+        _require(self.source in ("openmoji", "cache", "shards"), "data.source", self.source,
+                 "'openmoji', 'cache' or 'shards'")
+        _require(self.source == "openmoji" or bool(self.train_files), "data.train_files", self.train_files,
+                 f"a glob of {'.tar shards' if self.source == 'shards' else 'HDF5 cache files'} when data.source is "
+                 f"{self.source!r}")
+        _require(self.shuffle_buffer >= 1, "data.shuffle_buffer", self.shuffle_buffer, "an integer >= 1")
         _require(self.resolution >= 8 and self.resolution % 8 == 0, "data.resolution", self.resolution,
                  "a multiple of 8, at least 8")
         _require(0 < self.held_out_fraction < 0.5, "data.held_out_fraction", self.held_out_fraction, "in (0, 0.5)")

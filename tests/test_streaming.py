@@ -105,7 +105,7 @@ def test_rows_of_other_chunk_layouts_take_the_point_selection(tmp_path):
 def test_the_prefetcher_returns_what_a_direct_read_returns(cache_paths):
     streamed = StreamedCache(cache_paths)
     order = EpochOrder(len(streamed), seed=1)
-    prefetcher = Prefetcher(streamed, order)
+    prefetcher = Prefetcher(lambda start, count: streamed.rows(order.indices(start, count), strings=False))
     try:
         for start, next_start in [(0, 4), (4, 8), (8, 12), (20, 24), (24, 4)]:  # (20, ...) was not announced
             direct = streamed.rows(order.indices(start, 4), strings=False)

@@ -8,6 +8,7 @@ per-micro-batch slices, so processes read disjoint samples.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -83,21 +84,17 @@ def to_batch(rows: EncodedSet, device: torch.device | str) -> EncodedBatch:
 class Prefetcher:
     """Reads the rows of the next micro-batch in a background thread while the current one computes.
 
-    `get(start, count)` returns the rows of global positions [start, start + count) and starts reading the
-    micro-batch it is told comes next; asked for anything else, it reads synchronously. Order and content are
-    those of `data.rows(order.indices(start, count))` (without captions), so prefetching never changes what a
-    step sees.
+    `get(start, count, next_start)` returns `read(start, count)` and starts reading the micro-batch it is told
+    comes next; asked for anything else, it waits for that read and reads synchronously. Each read is the same
+    call it would be without prefetching, in the same order, so prefetching never changes what a step sees.
     """
 
-    def __init__(self, data: EncodedSet | StreamedCache, order: EpochOrder):
-        self.data, self.order = data, order
+    def __init__(self, read: Callable[[int, int], object]):
+        self.read = read
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="eidos-prefetch")
         self._pending: tuple[tuple[int, int], Future] | None = None
 
-    def _read(self, start: int, count: int) -> EncodedSet:
-        return self.data.rows(self.order.indices(start, count), strings=False)
-
-    def get(self, start: int, count: int, next_start: int) -> EncodedSet:
+    def get(self, start: int, count: int, next_start: int):
         rows = None
         if self._pending is not None:
             key, future = self._pending
@@ -105,8 +102,8 @@ class Prefetcher:
             if key != (start, count):
                 rows = None
         if rows is None:
-            rows = self._read(start, count)
-        self._pending = ((next_start, count), self._pool.submit(self._read, next_start, count))
+            rows = self.read(start, count)
+        self._pending = ((next_start, count), self._pool.submit(self.read, next_start, count))
         return rows
 
     def close(self) -> None:

@@ -15,10 +15,11 @@ from eidos.data.streamed import StreamedCache
 
 
 def cache_files(data: DataConfig) -> tuple[list[Path], list[Path]]:
-    """The training and held-out cache files named by data.train_files / data.held_out_files (globs)."""
+    """The training and held-out cache files named by data.train_files / data.held_out_files (globs); with
+    data.source shards, train_files names shards, not caches, and only the held-out files are looked up."""
     found = {}
     for key in ("train_files", "held_out_files"):
-        pattern = getattr(data, key)
+        pattern = getattr(data, key) if key == "held_out_files" or data.source != "shards" else ""
         found[key] = sorted(Path(p) for p in glob.glob(os.path.expanduser(pattern))) if pattern else []
         if pattern and not found[key]:
             raise FileNotFoundError(f"data.{key}={pattern!r} matches no file")
@@ -32,6 +33,9 @@ def load_encoded_sets(
     set is read into memory, or streamed from its files with data.in_memory: false; the held-out set (sample
     grids, evaluation) is always read into memory. `build_guard()` wraps building the OpenMoji cache (the trainer
     passes main_process_first)."""
+    if config.data.source == "shards":
+        raise ValueError("data.source=shards streams its shards through the trainer only; encode them into HDF5 "
+                         "caches (eidos data encode) for this")
     if config.data.source == "openmoji":
         with build_guard():
             paths = prepare_openmoji(config.data, config.encoders, codec, text_encoder)

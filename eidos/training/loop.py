@@ -28,8 +28,10 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from eidos.config import Config, TrainConfig
-from eidos.data.loader import EpochOrder, Prefetcher, micro_batch_start, to_batch
-from eidos.data.sources import cache_files, load_encoded_sets
+from eidos.data.loader import Prefetcher, micro_batch_start
+from eidos.data.shard_stream import shard_urls
+from eidos.data.sources import cache_files
+from eidos.data.training_data import open_training_data
 from eidos.encoders import load_codec, load_text_encoder
 from eidos.model import MaskDiT
 from eidos.objectives import FACMObjective
@@ -122,25 +124,28 @@ def train(config: Config) -> Path:
 
     # Inputs first, cheapest checks first: cache files, then the encoders (the text encoder is kept for exports),
     # then the OpenMoji cache, which the main process builds once while the others wait.
-    if config.data.source == "cache":
-        cache_files(config.data)  # a glob that matches nothing fails here, before the encoders load
+    if config.data.source == "shards":  # a glob that matches nothing fails here, before the encoders load
+        shard_urls(config.data.train_files)
+    if config.data.source != "openmoji":
+        cache_files(config.data)
     codec = load_codec(config.encoders.codec)
     text_encoder = load_text_encoder(config.encoders.text, config.encoders.text_max_length)
-    train_set, held_out = load_encoded_sets(config, codec, text_encoder, accelerator.main_process_first)
-    order = EpochOrder(len(train_set), cfg.seed)
-    prefetcher = Prefetcher(train_set, order)
+    data = open_training_data(config, codec, text_encoder, rank, accelerator.main_process_first)
+    if config.data.source == "shards":  # encoded on the fly, on the training device
+        codec, text_encoder.model = codec.to(device), text_encoder.model.to(device)
+    prefetcher = Prefetcher(data.read)
 
     def next_micro_batch_start(samples_seen: int, micro: int) -> int:
         """Where this process reads after micro-batch `micro` of the step that starts at samples_seen."""
         if micro + 1 < cfg.grad_accumulation_steps:
             return micro_batch_start(samples_seen, micro + 1, rank, world, micro_batch)
         return micro_batch_start(samples_seen + cfg.batch_size, 0, rank, world, micro_batch)
-    latent_shape = train_set.latent_shape
+    latent_shape = data.latent_shape
 
     set_seed(cfg.seed)  # the initial weights are a function of the seed (and the same on every process)
     model = MaskDiT.from_preset(
         config.model.preset, in_channels=latent_shape[0], sample_size=latent_shape[1],
-        text_dim=train_set.text_dim, **config.model.overrides(),
+        text_dim=data.text_dim, **config.model.overrides(),
     )
     if cfg.gradient_checkpointing:
         model.enable_gradient_checkpointing()
@@ -173,15 +178,16 @@ def train(config: Config) -> Path:
         )
         save_pipeline(pipeline, folder)
 
-    previews = build_preview_set(config.sampling, train_set, held_out, latent_shape, text_encoder.encode)
+    previews = build_preview_set(config.sampling, data.preview_rows, data.held_out, latent_shape,
+                                 text_encoder.encode)
     autocast = _autocast(config, device)
     if accelerator.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
         (output_dir / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
         (output_dir / "samples").mkdir(exist_ok=True)
-        logger.info("model: %.2fM parameters; %d training images, %d held out; micro-batch %d on %d process(es)",
-                    sum(p.numel() for p in model.parameters()) / 1e6, len(train_set),
-                    len(held_out) if held_out else 0, micro_batch, world)
+        logger.info("model: %.2fM parameters; %s training images, %d held out; micro-batch %d on %d process(es)",
+                    sum(p.numel() for p in model.parameters()) / 1e6, data.num_samples or "a stream of",
+                    len(data.held_out) if data.held_out else 0, micro_batch, world)
     if tracker is not None:
         accelerator.init_trackers("eidos", config=_flat(config.to_dict()))
 
@@ -224,7 +230,7 @@ def train(config: Config) -> Path:
             for micro in range(cfg.grad_accumulation_steps):
                 start = micro_batch_start(state.samples_seen, micro, rank, world, micro_batch)
                 rows = prefetcher.get(start, micro_batch, next_micro_batch_start(state.samples_seen, micro))
-                batch_in = to_batch(rows, device)
+                batch_in = data.encode(rows, device)
                 generator = torch.Generator(device=device).manual_seed(step_seed(cfg.seed, rank, state.step, micro))
                 last = micro == cfg.grad_accumulation_steps - 1
                 sync = contextlib.nullcontext() if last else accelerator.no_sync(step_module)
