@@ -3,6 +3,7 @@ processes, bad samples, and a run that trains, exports and resumes."""
 
 import io
 import json
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -62,6 +63,9 @@ def test_bad_samples_in_the_stream_are_skipped_and_counted(tmp_path):
     assert keys == ["good"] * 3 and captions == ["fine"] * 3 and images.shape == (3, 16, 16, 3)
     assert stream.skipped["undecodable image"] >= 2 and stream.skipped["missing or empty caption"] >= 2
     assert stream.skipped["no image"] >= 2
+    counter = Counter({"undecodable image": 5})
+    ShardStream(shard_urls(str(tmp_path / "bad.tar")), 16, seed=0, rank=0, shuffle_buffer=1, skipped=counter).take(2)
+    assert counter["undecodable image"] > 5  # the trainer's summary counter is the one the stream updates
     with pytest.raises(FileNotFoundError, match="matches no shard"):
         shard_urls(str(tmp_path / "none-*.tar"))
 

@@ -37,9 +37,10 @@ def shard_urls(pattern: str) -> list[str]:
 class ShardStream:
     """`take(count)` -> (keys, captions, images (count, H, W, 3) uint8), the next good samples of the stream."""
 
-    def __init__(self, urls: list[str], resolution: int, seed: int, rank: int, shuffle_buffer: int):
+    def __init__(self, urls: list[str], resolution: int, seed: int, rank: int, shuffle_buffer: int,
+                 skipped: Counter | None = None):
         self.resolution = resolution
-        self.skipped: Counter = Counter()
+        self.skipped = Counter() if skipped is None else skipped  # bad samples by reason
         pipeline = wds.DataPipeline(
             # one shared sequence of draws (worker_seed is the same everywhere), dealt out by rank below
             wds.ResampledShards(urls, seed=seed, worker_seed=lambda: 0, deterministic=True),

@@ -3,9 +3,10 @@ webdataset shards encoded on the fly (data.source: shards). One interface, so th
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -31,6 +32,7 @@ class TrainingData:
     encode: Callable[[object, torch.device], EncodedBatch]
     preview_rows: EncodedSet
     held_out: EncodedSet | None
+    skipped: Counter = field(default_factory=Counter)  # bad samples met while streaming shards, by reason
 
 
 def open_training_data(config: Config, codec, text_encoder, rank: int, build_guard=nullcontext) -> TrainingData:
@@ -53,12 +55,13 @@ def _shard_data(config: Config, codec, text_encoder, rank: int) -> TrainingData:
     held_out = concat_sets([read_cache(path, expected) for path in held_out_files]) if held_out_files else None
     side = data.resolution // downsample_factor(codec)
     streams: dict[str, ShardStream] = {}
+    skipped: Counter = Counter()
 
     def read(position: int, count: int):
         # Seeded by where the run starts reading: a resumed run draws a fresh, reproducible stream.
         if "train" not in streams:
             streams["train"] = ShardStream(urls, data.resolution, config.train.seed * 1_000_003 + position, rank,
-                                           data.shuffle_buffer)
+                                           data.shuffle_buffer, skipped)
         return streams["train"].take(count)
 
     def encode(taken, device: torch.device) -> EncodedBatch:
@@ -69,7 +72,7 @@ def _shard_data(config: Config, codec, text_encoder, rank: int) -> TrainingData:
     batch = encode_samples(codec, text_encoder, (keys, captions, images), torch.device("cpu"))
     preview_rows = EncodedSet(batch.latent_mean, batch.latent_logstd, batch.text, captions, keys, expected)
     return TrainingData((latent_channels(codec), side, side), text_encoder.dim, None, read, encode, preview_rows,
-                        held_out)
+                        held_out, skipped)
 
 
 @torch.no_grad()

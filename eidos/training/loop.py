@@ -294,6 +294,8 @@ def train(config: Config) -> Path:
     finally:
         stop.restore()
         prefetcher.close()
+        if data.skipped:
+            logger.warning("process %d skipped bad shard samples: %s", rank, dict(data.skipped))
     progress.close()
     final = output_dir / "model"
     if accelerator.is_main_process:
