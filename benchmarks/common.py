@@ -45,3 +45,16 @@ def print_table(header: list[str], rows: list[list]) -> None:
     print("|" + "|".join("---" for _ in header) + "|")
     for row in rows:
         print("| " + " | ".join(str(cell) for cell in row) + " |")
+
+
+def timed_step(step, device: torch.device, repeats: int) -> tuple[float, float]:
+    """(median seconds, peak GiB on GPU else nan) of a training step; (nan, nan) when it runs out of memory."""
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+    try:
+        seconds = median_seconds(step, device, repeats)
+    except torch.OutOfMemoryError:
+        return float("nan"), float("nan")
+    peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else float("nan")
+    return seconds, peak

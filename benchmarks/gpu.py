@@ -29,11 +29,11 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 from transformers import CLIPTextConfig, CLIPTextModel
 
-from benchmarks.common import machine, median_seconds, print_table
+from benchmarks.common import machine, median_seconds, print_table, timed_step
+from benchmarks.sampling import SAMPLING_HEADER, measure_sampling
 from benchmarks.train_step import OBJECTIVES, make_batch
-from eidos import FACMObjective, MaskDiT, TextEmbeddings
-from eidos.encoders import decode, encode_moments
-from eidos.sampling import sample_consistency, sample_flow_euler
+from eidos import FACMObjective, MaskDiT
+from eidos.encoders import encode_moments
 
 SECTIONS = ("ceilings", "train", "sampling", "encode", "compile")
 DATASHEET_BF16_TFLOPS = 989.0  # H100/H200 SXM dense bf16, vendor datasheet
@@ -115,19 +115,6 @@ def make_step(model, objective, batch, optimizer, device):
     return step
 
 
-def timed_step(step, device, repeats: int) -> tuple[float, float]:
-    """(median seconds, peak GiB) of a training step; (nan, nan) when it runs out of memory."""
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats()
-    try:
-        seconds = median_seconds(step, device, repeats)
-    except torch.OutOfMemoryError:
-        return float("nan"), float("nan")
-    peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else float("nan")
-    return seconds, peak
-
-
 MASK_RATIOS = (0.0, 0.5)
 
 
@@ -159,26 +146,10 @@ def bench_train(model, args, device, flops_per_sample: dict[float, float], peak_
 
 def bench_sampling(model, vae, args, device, report: Report) -> None:
     model.eval()
-    c, n = model.config, args.sample_batch
-    generator = torch.Generator().manual_seed(0)
-    noise = torch.randn(n, c.in_channels, c.sample_size, c.sample_size, generator=generator).to(device)
-    text = TextEmbeddings(torch.randn(n, c.text_dim), torch.randn(n, 77, c.text_dim),
-                          torch.ones(n, 77, dtype=torch.bool)).to(device)
-    runs = {f"consistency {k}": (k, lambda k=k: sample_consistency(model, noise, text, num_steps=k)) for k in (1, 2, 4)}
-    runs[f"flow {args.flow_steps} + CFG"] = (
-        2 * args.flow_steps, lambda: sample_flow_euler(model, noise, text, args.flow_steps, guidance_scale=2.0))
-    rows = []
-    with torch.no_grad(), bf16_autocast(device):
-        decode_seconds = median_seconds(lambda: decode(vae, noise), device, args.repeats)
-        for name, (evaluations, fn) in runs.items():
-            repeats = args.repeats if evaluations <= 8 else max(1, args.repeats // 3)
-            seconds = median_seconds(fn, device, repeats, warmup=1)
-            rows.append([name, n, evaluations, f"{seconds * 1000:.1f}", f"{n / seconds:.0f}",
-                         f"{n / (seconds + decode_seconds):.0f}", f"{decode_seconds * 1000:.1f}"])
+    rows = measure_sampling(model, vae, args.sample_batch, args.flow_steps, args.repeats, device, text_tokens=77)
     model.train()
-    report.section(f"sampling ({args.preset}, bf16, VAE decode at {c.sample_size * 8}px)", [
-        "sampler", "batch", "network evals / image", "transformer ms", "images/s (transformer)",
-        "images/s (with decode)", "decode ms"], rows)
+    report.section(f"sampling ({args.preset}, bf16, VAE decode at {model.config.sample_size * 8}px)", SAMPLING_HEADER,
+                   rows)
 
 
 def bench_encode(vae, text_encoder, args, device, report: Report) -> None:

@@ -16,21 +16,26 @@ from eidos import EidosPipeline, MaskDiT, PixelCodec, TextEmbeddings
 from eidos.encoders import decode
 from eidos.sampling import sample_consistency, sample_flow_euler
 
+SAMPLING_HEADER = ["sampler", "batch", "network evals / image", "transformer ms", "images/s (transformer)",
+                   "images/s (with decode)", "decode ms"]
 
-def measure(model, codec, batch: int, flow_steps: int, repeats: int, device) -> list[list]:
+
+def measure_sampling(model, codec, batch: int, flow_steps: int, repeats: int, device,
+                     text_tokens: int = 16) -> list[list]:
+    """Rows of SAMPLING_HEADER: consistency 1/2/4 steps and flow + CFG (a third of the repeats: it is slow)."""
     c = model.config
     generator = torch.Generator().manual_seed(0)
     noise = torch.randn(batch, c.in_channels, c.sample_size, c.sample_size, generator=generator).to(device)
-    text = TextEmbeddings(torch.randn(batch, c.text_dim), torch.randn(batch, 16, c.text_dim),
-                          torch.ones(batch, 16, dtype=torch.bool)).to(device)
+    text = TextEmbeddings(torch.randn(batch, c.text_dim), torch.randn(batch, text_tokens, c.text_dim),
+                          torch.ones(batch, text_tokens, dtype=torch.bool)).to(device)
     runs = {f"consistency {n}": (n, lambda n=n: sample_consistency(model, noise, text, num_steps=n)) for n in (1, 2, 4)}
     runs[f"flow {flow_steps} + CFG"] = (
         2 * flow_steps, lambda: sample_flow_euler(model, noise, text, flow_steps, guidance_scale=2.0))
     rows = []
-    with torch.autocast(device.type, dtype=torch.bfloat16):
+    with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16):
         decode_seconds = median_seconds(lambda: decode(codec, noise), device, repeats)
         for name, (evaluations, fn) in runs.items():
-            seconds = median_seconds(fn, device, repeats)
+            seconds = median_seconds(fn, device, repeats if evaluations <= 8 else max(1, repeats // 3), warmup=1)
             rows.append([name, batch, evaluations, f"{seconds * 1000:.1f}", f"{batch / seconds:.1f}",
                          f"{batch / (seconds + decode_seconds):.1f}", f"{decode_seconds * 1000:.2f}"])
     return rows
@@ -53,9 +58,8 @@ def main() -> None:
     print(f"machine: {machine()}; torch {torch.__version__}; bf16 autocast; median of {args.repeats}\n")
     rows = []
     for batch in args.batches:
-        rows += measure(model, codec, batch, args.flow_steps, args.repeats, device)
-    print_table(["sampler", "batch", "network evals / image", "transformer ms", "images/s (transformer)",
-                 "images/s (with decode)", "decode ms"], rows)
+        rows += measure_sampling(model, codec, batch, args.flow_steps, args.repeats, device)
+    print_table(SAMPLING_HEADER, rows)
 
 
 if __name__ == "__main__":

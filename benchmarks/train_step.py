@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import math
 
 import torch
 from diffusers import DiTTransformer2DModel
 
-from benchmarks.common import machine, median_seconds, peak_memory_mib, print_table
+from benchmarks.common import machine, median_seconds, peak_memory_mib, print_table, timed_step
 from eidos import Batch, FACMObjective, MaskDiT, ObjectiveConfig, TextEmbeddings
 
 OBJECTIVES = {
@@ -58,12 +59,8 @@ def bench_preset(name: str, batch_size: int, repeats: int, device, dtype, object
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
 
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
-                torch.cuda.reset_peak_memory_stats()
-            try:
-                seconds = median_seconds(step, device, repeats)
-            except torch.OutOfMemoryError:
+            seconds, peak = timed_step(step, device, repeats)
+            if math.isnan(seconds):
                 optimizer.zero_grad(set_to_none=True)
                 rows.append([name, objective_name, mask_ratio, "out of memory", "-", "-", "-"])
                 continue
