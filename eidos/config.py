@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import logging
 import types
 import typing
 from dataclasses import dataclass, field
@@ -18,6 +19,8 @@ from pathlib import Path
 import yaml
 
 from eidos.model.presets import PRESETS
+
+logger = logging.getLogger(__name__)
 
 TIME_SAMPLERS = ("lognormal", "logit_normal")
 TANGENTS = ("jvp", "finite_difference")
@@ -360,6 +363,17 @@ def _apply_override(data: dict, override: str) -> None:
         node[last] = value
 
 
+# Keys older versions wrote into run folders' config.yaml: dropped with a warning, so old runs still load.
+RETIRED_KEYS = {("data", "num_workers"): "the loader reads ahead in a background thread"}
+
+
+def _drop_retired_keys(data: dict, path) -> None:
+    for (section, key), why in RETIRED_KEYS.items():
+        if isinstance(data.get(section), dict) and key in data[section]:
+            del data[section][key]
+            logger.warning("%s: ignoring retired key %s.%s (%s)", path, section, key, why)
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Config:
     """The config of YAML file `path` (None = built-in defaults) with dotted `overrides` applied."""
     data: dict = {}
@@ -368,6 +382,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Co
             data = yaml.safe_load(handle) or {}
         if not isinstance(data, dict):
             raise ValueError(f"config file {path} must hold a mapping of sections, got {type(data).__name__}")
+        _drop_retired_keys(data, path)
     if overrides:
         data = _plain(_build(Config, data, "").to_dict())  # fill defaults so list items can be overridden
         for override in overrides:

@@ -1,5 +1,7 @@
 """Shards -> HDF5 caches (`eidos data encode`) -> training from the caches: the real-scale path end to end."""
 
+import io
+
 import numpy as np
 import torch
 from PIL import Image
@@ -7,7 +9,7 @@ from PIL import Image
 from eidos.cli.main import main
 from eidos.cli.train import default_config_path
 from eidos.config import load_config
-from eidos.data.cache import read_cache
+from eidos.data.cache import is_complete, read_cache
 from eidos.data.encode import to_rgb_square
 from eidos.training.loop import train
 from tests.test_shards import make_folder
@@ -58,7 +60,6 @@ def test_encode_then_train_from_the_caches(tmp_path, capsys):
 
 
 def test_truncated_shards_keep_the_complete_samples_before_the_cut(tmp_path, capsys):
-    import io
     import tarfile
 
     from eidos.data.shards import ShardSample, write_shards
@@ -85,3 +86,25 @@ def test_truncated_shards_keep_the_complete_samples_before_the_cut(tmp_path, cap
         cached = read_cache(tmp_path / "cache" / f"{name}.h5")
         assert cached.keys == ["s0", "s1", "s2"] and cached.captions == ["caption 0", "caption 1", "caption 2"]
     assert not (tmp_path / "cache" / "empty.h5").exists()
+    assert not is_complete(tmp_path / "cache" / "mid-member.h5")  # marked, so that a rerun redoes it
+    (tmp_path / "shards" / "mid-member.tar").write_bytes(data)  # the shard, downloaded again whole
+    assert main(["data", "encode", "--shards", str(tmp_path / "shards" / "*.tar"), "--out", str(tmp_path / "cache"),
+                 "--resolution", "8"]) == 0
+    assert "encoded 8 samples from 3 shard(s)" in capsys.readouterr().out  # 5 now whole + 3 + 0, redone
+    assert read_cache(tmp_path / "cache" / "mid-member.h5").keys == [f"s{i}" for i in range(5)]
+    assert is_complete(tmp_path / "cache" / "mid-member.h5")
+
+
+def test_each_encode_process_reads_its_shards_whole(tmp_path, monkeypatch):
+    from collections import Counter
+
+    from eidos.data.encode import read_shard
+    from eidos.data.shards import ShardSample, write_shards
+
+    buffer = io.BytesIO()
+    Image.fromarray(np.zeros((8, 8, 3), dtype=np.uint8)).save(buffer, "PNG")
+    shard = write_shards([ShardSample(f"k{i}", buffer.getvalue(), "png", "c") for i in range(3)], tmp_path).shards[0]
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")  # as under accelerate launch: the shard split is encode's, not webdataset's
+    keys, _, _, whole = read_shard(shard, 8, Counter())
+    assert keys == ["k0", "k1", "k2"] and whole

@@ -133,3 +133,15 @@ def test_feature_extractors_by_name():
     except ImportError:
         with pytest.raises(ImportError, match="pip install torch-fidelity"):
             load_feature_extractor("inception")
+
+
+def test_identical_captions_count_as_one_prompt():
+    # 4 images for 3 distinct captions ("b" twice); perfect images must hit at 1, and chance is k / 3
+    images = blobs(4, seed=7)
+    prompts = CaptionedImages(images, ["a", "b", "c", "b"], torch.eye(4)[[0, 1, 2, 1]])
+    reference = CaptionedImages(images + 0.01, ["a", "b", "c", "b"], torch.eye(4)[[0, 1, 2, 1]])
+    real, chance = evaluate({}, prompts, reference, PixelFeatures(grid=4))
+    assert real["top-1"] == 1.0 and chance["top-1"] == pytest.approx(1 / 3)
+    as_bytes = CaptionedImages((images * 255).round().to(torch.uint8), prompts.captions, prompts.text)
+    assert evaluate({}, as_bytes, reference, PixelFeatures(grid=4))[0]["frechet"] == pytest.approx(
+        real["frechet"], abs=1e-4)  # uint8 images are read as the same images (up to 1/255 rounding)

@@ -68,6 +68,17 @@ def test_bad_samples_in_the_stream_are_skipped_and_counted(tmp_path):
     assert counter["undecodable image"] > 5  # the trainer's summary counter is the one the stream updates
     with pytest.raises(FileNotFoundError, match="matches no shard"):
         shard_urls(str(tmp_path / "none-*.tar"))
+    assert shard_urls(str(tmp_path / "{bad,none}.tar")) == [str(tmp_path / "bad.tar")]  # braces, then globs
+
+
+def test_a_stream_without_any_good_sample_stops_with_the_reason(tmp_path, monkeypatch):
+    monkeypatch.setattr("eidos.data.shard_stream.MAX_MISSES", 50)
+    (tmp_path / "junk.tar").write_bytes(b"this is not a tar file" * 100)
+    write_shard(tmp_path / "blind.tar", [("blind", None, "no image")])
+    for name in ("junk", "blind"):
+        stream = ShardStream([str(tmp_path / f"{name}.tar")], 16, seed=0, rank=0, shuffle_buffer=1)
+        with pytest.raises(RuntimeError, match="no usable sample in the last 50 reads"):
+            stream.take(1)
 
 
 def test_training_from_shards_encodes_on_the_fly_exports_and_resumes(tmp_path, shards):

@@ -101,6 +101,9 @@ def test_eval_cli_scores_the_run_against_its_own_data(run_dir, tmp_path, capsys)
     assert rows["consistency 1 step"]["frechet"] > rows["real held-out"]["frechet"]
     assert "| real held-out |" in capsys.readouterr().out
     assert main(args[:3] + ["--consistency-steps", "0"]) == 2  # refused before loading anything
+    shutil.copytree(run_dir / "model", tmp_path / "export")  # an export outside its run: which data is unknown
+    assert main(["eval", "--checkpoint", str(tmp_path / "export")]) == 2
+    assert "name the config of the data to evaluate on with --config" in capsys.readouterr().err
 
 
 def test_compiled_blocks_train_like_eager_ones(tmp_path, shared_cache_dir):

@@ -72,6 +72,7 @@ def run_encode(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
     from eidos.config import EncodersConfig
+    from eidos.data.cache import is_complete
     from eidos.data.encode import encode_shard
     from eidos.encoders import load_codec, load_text_encoder
 
@@ -85,7 +86,7 @@ def run_encode(args: argparse.Namespace) -> int:
     state = PartialState(cpu=not torch.cuda.is_available())
     mine = shards[state.process_index :: state.num_processes]  # each process its own shards
     out = Path(args.out)
-    todo = [s for s in mine if not (out / f"{s.stem}.h5").exists()]
+    todo = [s for s in mine if not is_complete(out / f"{s.stem}.h5")]  # new shards, and damaged ones again
     codec = load_codec(args.codec).to(state.device).eval()
     text_encoder = load_text_encoder(args.text_encoder, max_length, state.device)
     attributes = {"codec": args.codec, "text_encoder": args.text_encoder, "text_max_length": max_length,

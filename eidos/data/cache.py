@@ -111,6 +111,14 @@ def checked_attributes(f: h5py.File, path: Path, expected: dict | None) -> dict:
     return attributes
 
 
+def is_complete(path: Path) -> bool:
+    """Whether a cache file exists and was written from a whole shard (`eidos data encode` redoes the others)."""
+    if not path.exists():
+        return False
+    with h5py.File(path, "r") as f:
+        return bool(f.attrs.get("complete", True))
+
+
 def decode_strings(values) -> list[str]:
     return [v.decode() if isinstance(v, bytes) else v for v in values]
 

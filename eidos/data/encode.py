@@ -23,6 +23,7 @@ from eidos.encoders.codecs import encode_moments, scaling_factor
 
 logger = logging.getLogger(__name__)
 IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")
+TRUNCATED = "truncated or corrupt tar (rest of the shard lost)"
 
 
 def to_rgb_square(data: bytes, resolution: int) -> np.ndarray:
@@ -56,7 +57,10 @@ def shard_samples(path: Path, skipped: Counter) -> Iterator[dict]:
         return True  # keep what was read; webdataset then ends this shard
 
     held, layout = None, set()
-    for sample in wds.WebDataset(str(path), shardshuffle=False, handler=on_error, empty_check=False):
+    # One shard, read whole by this process: `eidos data encode` deals shards to processes itself.
+    shard = wds.WebDataset(str(path), shardshuffle=False, handler=on_error, empty_check=False, nodesplitter=None,
+                           workersplitter=None)
+    for sample in shard:
         if held is not None:
             yield held
             layout = set(held)
@@ -65,10 +69,10 @@ def shard_samples(path: Path, skipped: Counter) -> Iterator[dict]:
     if held is not None and (not damaged or (layout and layout <= set(held))):
         yield held
     if damaged:
-        skipped["truncated or corrupt tar (rest of the shard lost)"] += 1
+        skipped[TRUNCATED] += 1
         reason = errors[0] if errors else "no end-of-archive blocks"
-        logger.warning("%s is cut short or corrupt (%s): kept the complete samples before the damage; write or "
-                       "download the shard again to recover the rest", path, reason)
+        logger.warning("%s is cut short or corrupt (%s): kept the complete samples before the damage; its cache "
+                       "is marked incomplete, and encoding again after the shard is replaced redoes it", path, reason)
 
 
 def ends_with_end_of_archive(path: Path) -> bool:
@@ -81,9 +85,11 @@ def ends_with_end_of_archive(path: Path) -> bool:
         return handle.read() == bytes(2 * tarfile.BLOCKSIZE)
 
 
-def read_shard(path: Path, resolution: int, skipped: Counter) -> tuple[list[str], list[str], list[np.ndarray]]:
-    """Keys, captions and images of the good samples of one shard; bad ones are counted in `skipped`."""
+def read_shard(path: Path, resolution: int, skipped: Counter) -> tuple[list[str], list[str], list[np.ndarray], bool]:
+    """Keys, captions and images of the good samples of one shard, and whether the shard was whole; bad samples
+    are counted in `skipped`."""
     keys, captions, images = [], [], []
+    damaged_before = skipped[TRUNCATED]
     for sample in shard_samples(path, skipped):
         image_key = next((k for k in IMAGE_KEYS if k in sample), None)
         caption = sample.get("txt", b"").decode("utf-8", errors="replace").strip()
@@ -100,7 +106,7 @@ def read_shard(path: Path, resolution: int, skipped: Counter) -> tuple[list[str]
             continue
         keys.append(sample["__key__"])
         captions.append(caption)
-    return keys, captions, images
+    return keys, captions, images, skipped[TRUNCATED] == damaged_before
 
 
 def encode_images(codec, images: np.ndarray, batch_size: int, device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -117,12 +123,12 @@ def encode_images(codec, images: np.ndarray, batch_size: int, device) -> tuple[t
 def encode_shard(path: Path, out: Path, codec, text_encoder, attributes: dict, batch_size: int,
                  skipped: Counter, device) -> int:
     """Encode one shard into `out`; returns the number of samples written."""
-    keys, captions, images = read_shard(path, attributes["resolution"], skipped)
+    keys, captions, images, whole = read_shard(path, attributes["resolution"], skipped)
     if not keys:
         logger.warning("%s has no usable sample; no cache written", path)
         return 0
     mean, logstd = encode_images(codec, np.stack(images), batch_size, device)
     meta = {**attributes, "format_version": FORMAT_VERSION, "scaling_factor": scaling_factor(codec),
-            "source": str(path)}
+            "source": str(path), "complete": whole}
     write_cache(out, EncodedSet(mean, logstd, text_encoder.encode(captions), captions, keys, meta))
     return len(keys)

@@ -22,13 +22,16 @@ import webdataset as wds
 from eidos.data.encode import IMAGE_KEYS, to_rgb_square
 
 logger = logging.getLogger(__name__)
+MAX_MISSES = 10_000  # reads in a row without a usable sample: the shards are unreachable or all bad
 
 
 def shard_urls(pattern: str) -> list[str]:
-    """Local shards by glob; anything webdataset opens itself (brace patterns, http(s)://, pipe:) as given."""
+    """Shards named by a glob and/or brace pattern (`shards/{00000..00999}.tar`); remote ones (http(s)://, pipe:)
+    are passed to webdataset as they are."""
+    expanded = list(wds.shardlists.expand_urls(os.path.expanduser(pattern)))
     if "://" in pattern or pattern.startswith("pipe:"):
-        return list(wds.shardlists.expand_urls(pattern))
-    found = sorted(glob.glob(os.path.expanduser(pattern)))
+        return expanded
+    found = sorted({path for part in expanded for path in glob.glob(part)})
     if not found:
         raise FileNotFoundError(f"data.train_files={pattern!r} matches no shard")
     return found
@@ -41,6 +44,7 @@ class ShardStream:
                  skipped: Counter | None = None):
         self.resolution = resolution
         self.skipped = Counter() if skipped is None else skipped  # bad samples by reason
+        self._misses, self._last_error = 0, None  # reads in a row that gave no usable sample
         pipeline = wds.DataPipeline(
             # one shared sequence of draws (worker_seed is the same everywhere), dealt out by rank below
             wds.ResampledShards(urls, seed=seed, worker_seed=lambda: 0, deterministic=True),
@@ -51,24 +55,35 @@ class ShardStream:
         self._samples = iter(pipeline)
 
     def _on_error(self, error: Exception) -> bool:
-        self.skipped[f"unreadable tar data ({type(error).__name__})"] += 1
-        logger.warning("skipping unreadable shard data: %s", error)
-        return True
+        reason = f"unreadable tar data ({type(error).__name__})"
+        self.skipped[reason] += 1
+        if self.skipped[reason] <= 3 or self.skipped[reason] % 1000 == 0:  # a bad shard is drawn again and again
+            logger.warning("skipping unreadable shard data (%d so far): %s", self.skipped[reason], error)
+        self._misses += 1
+        self._last_error = error
+        return self._misses < MAX_MISSES  # False ends the stream: take() then says why
 
     def take(self, count: int) -> tuple[list[str], list[str], np.ndarray]:
         keys, captions, images = [], [], []
         while len(keys) < count:
-            sample = next(self._samples)
+            sample = next(self._samples, None)
+            if sample is None or self._misses >= MAX_MISSES:
+                raise RuntimeError(f"no usable sample in the last {MAX_MISSES} reads from the shards (last problem: "
+                                   f"{self._last_error}; skipped so far: {dict(self.skipped)}); check data.train_files")
             image_key = next((k for k in IMAGE_KEYS if k in sample), None)
             caption = sample.get("txt", b"").decode("utf-8", errors="replace").strip()
-            if image_key is None or not caption:
-                self.skipped["no image" if image_key is None else "missing or empty caption"] += 1
-                continue
             try:
-                images.append(to_rgb_square(sample[image_key], self.resolution))
-            except (OSError, SyntaxError, ValueError):
-                self.skipped["undecodable image"] += 1
+                if image_key is None or not caption:
+                    raise LookupError("no image" if image_key is None else "missing or empty caption")
+                image = to_rgb_square(sample[image_key], self.resolution)
+            except (LookupError, OSError, SyntaxError, ValueError) as error:
+                reason = str(error) if isinstance(error, LookupError) else "undecodable image"
+                self.skipped[reason] += 1
+                self._misses += 1
+                self._last_error = f"{reason} in {sample.get('__url__', '?')}"
                 continue
+            self._misses = 0
+            images.append(image)
             keys.append(sample["__key__"])
             captions.append(caption)
         return keys, captions, np.stack(images)

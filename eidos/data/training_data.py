@@ -22,8 +22,9 @@ from eidos.encoders.codecs import downsample_factor, encode_moments, latent_chan
 
 @dataclass
 class TrainingData:
-    """read(position, count) -> raw rows (thread-safe: the trainer prefetches in a thread); encode(rows, device)
-    -> the batch on the device; preview_rows: encoded training samples the sample grids may show."""
+    """read(position, count) -> raw rows (called from the trainer's prefetch thread, one call at a time);
+    encode(rows, device) -> the batch on the device; preview_rows: encoded training samples the sample grids may
+    show."""
 
     latent_shape: tuple[int, ...]
     text_dim: int
@@ -58,10 +59,12 @@ def _shard_data(config: Config, codec, text_encoder, rank: int) -> TrainingData:
     skipped: Counter = Counter()
 
     def read(position: int, count: int):
-        # Seeded by where the run starts reading: a resumed run draws a fresh, reproducible stream.
         if "train" not in streams:
-            streams["train"] = ShardStream(urls, data.resolution, config.train.seed * 1_000_003 + position, rank,
-                                           data.shuffle_buffer, skipped)
+            # The first read is micro-batch 0 of the first step, at position samples_seen + rank * count: all
+            # processes seed one shared draw sequence with samples_seen, so a resumed run draws a fresh one.
+            samples_seen = position - rank * count
+            streams["train"] = ShardStream(urls, data.resolution, config.train.seed * 1_000_003 + samples_seen,
+                                           rank, data.shuffle_buffer, skipped)
         return streams["train"].take(count)
 
     def encode(taken, device: torch.device) -> EncodedBatch:

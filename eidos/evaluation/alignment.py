@@ -3,7 +3,7 @@
 Each image borrows the caption of its nearest training image (in the feature space of the extractor); it scores
 a hit at k when its own prompt is among the k held-out prompts whose text embeddings are closest (cosine) to
 the borrowed caption's. A generator that ignores its prompt scores chance (k / number of prompts); real held-out
-images scored the same way give the ceiling that the feature space and the captions allow.
+images scored the same way show what the feature space and the captions allow.
 """
 
 from __future__ import annotations

@@ -90,6 +90,10 @@ def load_feature_extractor(name: str, device: torch.device | str = "cpu", incept
 
 
 def extract(extractor, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
-    """Features (N, D) float64 of images (N, 3, H, W), in batches."""
-    chunks = [extractor(images[i:i + batch_size]).double().cpu() for i in range(0, len(images), batch_size)]
+    """Features (N, D) float64 of images (N, 3, H, W), floats in [0, 1] or uint8, in batches."""
+    chunks = []
+    for start in range(0, len(images), batch_size):
+        chunk = images[start:start + batch_size]
+        chunk = chunk.float() / 255 if chunk.dtype == torch.uint8 else chunk
+        chunks.append(extractor(chunk).double().cpu())
     return torch.cat(chunks)

@@ -1,5 +1,5 @@
 """Score image sets against a captioned reference set: Fréchet distance and caption alignment, with the real
-held-out images as the floor/ceiling and chance for the alignment."""
+held-out images as the reference (what perfect generalisation scores at this sample size) and chance."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from eidos.evaluation.frechet import FeatureStatistics, frechet_distance
 
 @dataclass
 class CaptionedImages:
-    """Images (N, 3, H, W) in [0, 1] with their captions and pooled caption embeddings (N, E)."""
+    """Images (N, 3, H, W), floats in [0, 1] or uint8, with their captions and pooled caption embeddings (N, E)."""
 
     images: torch.Tensor
     captions: list[str]
@@ -46,8 +46,9 @@ def score(images: torch.Tensor, prompts: CaptionedImages, reference: Reference, 
           ks: tuple[int, ...]) -> dict[str, float]:
     """images[i] was made for prompts.captions[i]: Fréchet distance to the reference and alignment hit rates."""
     features = extract(extractor, images)
-    hits = caption_alignment(features, torch.arange(len(features)), prompts.text, reference.features,
-                             reference.text, ks)
+    # Identical captions are one prompt: otherwise an image's twin caption would outrank it on a tie.
+    distinct, prompt_index = distinct_prompts(prompts)
+    hits = caption_alignment(features, prompt_index, prompts.text[distinct], reference.features, reference.text, ks)
     return {"frechet": frechet_distance(FeatureStatistics.of(features), reference.statistics),
             **{f"top-{k}": rate for k, rate in hits.items()}}
 
@@ -71,5 +72,17 @@ def evaluate(
             raise ValueError(f"{name} made {images.shape[0]} images for {len(prompts.captions)} prompts")
         rows.append({"images": name, **score(images, prompts, ref, extractor, ks),
                      "images/s": len(images) / seconds})
-    rows.append({"images": "chance", **{f"top-{k}": min(1.0, k / len(prompts.captions)) for k in ks}})
+    count = len(distinct_prompts(prompts)[0])
+    rows.append({"images": "chance", **{f"top-{k}": min(1.0, k / count) for k in ks}})
     return rows
+
+
+def distinct_prompts(prompts: CaptionedImages) -> tuple[torch.Tensor, torch.Tensor]:
+    """(index of each distinct caption's first occurrence, index of each image's caption among the distinct)."""
+    position: dict[str, int] = {}  # caption -> its index among the distinct captions
+    firsts: list[int] = []
+    for i, caption in enumerate(prompts.captions):
+        if caption not in position:
+            position[caption] = len(firsts)
+            firsts.append(i)
+    return torch.tensor(firsts), torch.tensor([position[c] for c in prompts.captions])
