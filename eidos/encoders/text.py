@@ -30,18 +30,21 @@ def minilm_path() -> str:
 
 
 @torch.no_grad()
-def encode_captions(model, tokenizer, captions: list[str], max_length: int, pooling: str = "mean") -> TextEmbeddings:
+def encode_captions(model, tokenizer, captions: list[str], max_length: int, pooling: str = "mean",
+                    warn: bool = True) -> TextEmbeddings:
     """Token states (B, L, D), mask (B, L) and pooled vector (B, D) of `captions`, padded to max_length.
 
     pooling "mean": L2-normalised masked mean (sentence-transformers); "eos": the model's pooler output
-    (CLIP's end-of-text state). Captions longer than max_length tokens are truncated, with a warning.
+    (CLIP's end-of-text state). Captions longer than max_length tokens are truncated, with a warning (a debug
+    message with warn=False).
     """
     inputs = tokenizer(captions, padding="max_length", truncation=True, max_length=max_length, return_tensors="pt")
     lengths = [len(ids) for ids in tokenizer(captions, truncation=False)["input_ids"]]
     too_long = [c for c, n in zip(captions, lengths, strict=True) if n > max_length]
     if too_long:
-        logger.warning("%d prompt(s) exceed the text encoder's limit of %d tokens and were truncated, e.g. %r",
-                       len(too_long), max_length, too_long[0][:80])
+        log = logger.warning if warn else logger.debug
+        log("%d prompt(s) exceed the text encoder's limit of %d tokens and were truncated, e.g. %r",
+            len(too_long), max_length, too_long[0][:80])
     device = next(model.parameters()).device
     inputs = {k: v.to(device) for k, v in inputs.items() if k in ("input_ids", "attention_mask")}
     output = model(**inputs)
@@ -65,14 +68,18 @@ class TextEncoder:
         self.tokenizer = tokenizer
         self.pooling = pooling
         self.max_length = max_length
+        self._called = False
 
     @property
     def dim(self) -> int:
         return self.model.config.hidden_size
 
     def encode(self, captions: list[str], batch_size: int = 256) -> TextEmbeddings:
+        """Embeddings of `captions`. Truncation is warned about on the first call only: training from shards
+        encodes every micro-batch, and one warning says what the rest would."""
         chunks = [encode_captions(self.model, self.tokenizer, captions[i : i + batch_size], self.max_length,
-                                  self.pooling) for i in range(0, len(captions), batch_size)]
+                                  self.pooling, warn=not self._called) for i in range(0, len(captions), batch_size)]
+        self._called = True
         return TextEmbeddings(*(torch.cat([getattr(c, n).cpu() for c in chunks]) for n in ("pooled", "tokens", "mask")))
 
 
