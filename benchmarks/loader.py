@@ -125,7 +125,7 @@ def bench_encode(folder: Path, jpegs: int, repeats: int) -> list[list]:
         main(["data", "shards", "--openmoji", "--out", str(shards)])
         render_seconds = time.perf_counter() - start
         start = time.perf_counter()
-        count = sum(len(read_shard(path, 32, Counter())[0]) for path in sorted(shards.glob("*.tar")))
+        count = sum(len(read_shard(path, 32, Counter()).keys) for path in sorted(shards.glob("*.tar")))
         read_seconds = time.perf_counter() - start
         stream = ShardStream(sorted(str(p) for p in shards.glob("*.tar")), 32, seed=0, rank=0, shuffle_buffer=1000)
         start = time.perf_counter()

@@ -106,5 +106,26 @@ def test_each_encode_process_reads_its_shards_whole(tmp_path, monkeypatch):
     shard = write_shards([ShardSample(f"k{i}", buffer.getvalue(), "png", "c") for i in range(3)], tmp_path).shards[0]
     monkeypatch.setenv("RANK", "1")
     monkeypatch.setenv("WORLD_SIZE", "2")  # as under accelerate launch: the shard split is encode's, not webdataset's
-    keys, _, _, whole = read_shard(shard, 8, Counter())
-    assert keys == ["k0", "k1", "k2"] and whole
+    contents = read_shard(shard, 8, Counter())
+    assert contents.keys == ["k0", "k1", "k2"] and contents.whole
+
+
+def test_reading_ahead_with_decode_threads_gives_the_shards_in_order_unchanged(tmp_path):
+    from collections import Counter
+    from concurrent.futures import ThreadPoolExecutor
+
+    from eidos.data.encode import read_shard, read_shards_ahead
+    from eidos.data.shards import image_folder_samples, write_shards
+
+    make_folder(tmp_path / "images")
+    shards = write_shards(image_folder_samples(tmp_path / "images"), tmp_path / "shards", samples_per_shard=2).shards
+    plain = [read_shard(path, 16, Counter()) for path in shards]
+    counted = Counter()
+    ahead = list(read_shards_ahead(shards, 16, counted, threads=3))
+    assert [c.path for c in ahead] == shards
+    for a, b in zip(plain, ahead, strict=True):
+        assert a.keys == b.keys and a.captions == b.captions and a.whole == b.whole
+        assert all(np.array_equal(x, y) for x, y in zip(a.images, b.images, strict=True))
+    with ThreadPoolExecutor(2) as pool:
+        assert read_shard(shards[0], 16, Counter(), pool).keys == plain[0].keys
+    assert list(read_shards_ahead([], 16, Counter(), threads=2)) == []

@@ -73,13 +73,15 @@ def run_encode(args: argparse.Namespace) -> int:
 
     from eidos.config import EncodersConfig
     from eidos.data.cache import is_complete
-    from eidos.data.encode import encode_shard
+    from eidos.data.encode import encode_shard, read_shards_ahead
     from eidos.encoders import load_codec, load_text_encoder
 
     max_length = args.text_max_length or (77 if args.text_encoder == "clip" else 16)
     EncodersConfig(codec=args.codec, text=args.text_encoder, text_max_length=max_length)  # validate the names
     if args.resolution < 8 or args.resolution % 8:
         raise ValueError(f"--resolution must be a multiple of 8, got {args.resolution}")
+    if args.decode_threads < 1:
+        raise ValueError(f"--decode-threads must be >= 1, got {args.decode_threads}")
     shards = sorted(Path(p) for p in glob.glob(args.shards))
     if not shards:
         raise FileNotFoundError(f"--shards {args.shards!r} matches no file")
@@ -93,10 +95,11 @@ def run_encode(args: argparse.Namespace) -> int:
                   "resolution": args.resolution}
     skipped: Counter = Counter()
     written = 0
-    progress = tqdm(todo, desc="encode", unit="shard", disable=not state.is_local_main_process)
-    for shard in progress:
-        written += encode_shard(shard, out / f"{shard.stem}.h5", codec, text_encoder, attributes, args.batch_size,
-                                skipped, state.device)
+    progress = tqdm(read_shards_ahead(todo, args.resolution, skipped, args.decode_threads), total=len(todo),
+                    desc="encode", unit="shard", disable=not state.is_local_main_process)
+    for contents in progress:
+        written += encode_shard(contents, out / f"{contents.path.stem}.h5", codec, text_encoder, attributes,
+                                args.batch_size, state.device)
         progress.set_postfix(images=written)
     print(f"process {state.process_index}: encoded {written} samples from {len(todo)} shard(s) "
           f"({len(mine) - len(todo)} already done) into {out}")
@@ -138,6 +141,9 @@ def add_encode_arguments(actions) -> None:
     encode.add_argument("--text-max-length", type=int, default=None, help="tokens (default 77 for CLIP, else 16)")
     encode.add_argument("--resolution", type=int, default=256, help="image side after centre crop (default 256)")
     encode.add_argument("--batch-size", type=int, default=32)
+    encode.add_argument("--decode-threads", type=int, default=min(8, os.cpu_count() or 1),
+                        help="threads decoding the next shard's images while this one encodes (default: CPUs, at "
+                             "most 8)")
 
 
 def add_download_arguments(actions) -> None:

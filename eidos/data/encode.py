@@ -11,6 +11,8 @@ import logging
 import tarfile
 from collections import Counter
 from collections.abc import Iterator
+from concurrent.futures import Executor, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -85,28 +87,63 @@ def ends_with_end_of_archive(path: Path) -> bool:
         return handle.read() == bytes(2 * tarfile.BLOCKSIZE)
 
 
-def read_shard(path: Path, resolution: int, skipped: Counter) -> tuple[list[str], list[str], list[np.ndarray], bool]:
-    """Keys, captions and images of the good samples of one shard, and whether the shard was whole; bad samples
-    are counted in `skipped`."""
-    keys, captions, images = [], [], []
+@dataclass
+class ShardContents:
+    """The good samples of one shard, decoded, and whether the shard was whole."""
+
+    path: Path
+    keys: list[str]
+    captions: list[str]
+    images: list[np.ndarray]
+    whole: bool
+
+
+def read_shard(path: Path, resolution: int, skipped: Counter, pool: Executor | None = None) -> ShardContents:
+    """The good samples of one shard; bad ones are counted in `skipped`. Images are decoded by `pool`'s threads
+    when given (PIL releases the GIL while decoding), in sample order either way."""
+    raw: list[tuple[str, str, bytes]] = []
     damaged_before = skipped[TRUNCATED]
     for sample in shard_samples(path, skipped):
         image_key = next((k for k in IMAGE_KEYS if k in sample), None)
         caption = sample.get("txt", b"").decode("utf-8", errors="replace").strip()
         if image_key is None:
             skipped["no image"] += 1
-            continue
-        if not caption:
+        elif not caption:
             skipped["missing or empty caption"] += 1
-            continue
-        try:
-            images.append(to_rgb_square(sample[image_key], resolution))
-        except (OSError, SyntaxError, ValueError):
+        else:
+            raw.append((sample["__key__"], caption, sample[image_key]))
+    whole = skipped[TRUNCATED] == damaged_before
+    decoded = (pool.map if pool is not None else map)(lambda item: _decode(item[2], resolution), raw)
+    contents = ShardContents(path, [], [], [], whole)
+    for (key, caption, _), image in zip(raw, decoded, strict=True):
+        if image is None:
             skipped["undecodable image"] += 1
             continue
-        keys.append(sample["__key__"])
-        captions.append(caption)
-    return keys, captions, images, skipped[TRUNCATED] == damaged_before
+        contents.keys.append(key)
+        contents.captions.append(caption)
+        contents.images.append(image)
+    return contents
+
+
+def _decode(data: bytes, resolution: int) -> np.ndarray | None:
+    try:
+        return to_rgb_square(data, resolution)
+    except (OSError, SyntaxError, ValueError):
+        return None
+
+
+def read_shards_ahead(paths: list[Path], resolution: int, skipped: Counter, threads: int) -> Iterator[ShardContents]:
+    """Each shard's contents, the next one read and decoded in the background while the caller encodes this one
+    (JPEG decoding is the CPU side of encoding; with it hidden the GPU sets the pace)."""
+    if not paths:
+        return
+    with ThreadPoolExecutor(max_workers=threads) as decoders, ThreadPoolExecutor(max_workers=1) as reader:
+        pending = reader.submit(read_shard, paths[0], resolution, skipped, decoders)
+        for following in [*paths[1:], None]:
+            contents = pending.result()
+            pending = None if following is None else reader.submit(read_shard, following, resolution, skipped,
+                                                                   decoders)
+            yield contents
 
 
 def encode_images(codec, images: np.ndarray, batch_size: int, device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -120,15 +157,15 @@ def encode_images(codec, images: np.ndarray, batch_size: int, device) -> tuple[t
     return torch.cat(means), torch.cat(logstds)
 
 
-def encode_shard(path: Path, out: Path, codec, text_encoder, attributes: dict, batch_size: int,
-                 skipped: Counter, device) -> int:
-    """Encode one shard into `out`; returns the number of samples written."""
-    keys, captions, images, whole = read_shard(path, attributes["resolution"], skipped)
-    if not keys:
-        logger.warning("%s has no usable sample; no cache written", path)
+def encode_shard(contents: ShardContents, out: Path, codec, text_encoder, attributes: dict, batch_size: int,
+                 device) -> int:
+    """Encode one shard's contents into `out`; returns the number of samples written."""
+    if not contents.keys:
+        logger.warning("%s has no usable sample; no cache written", contents.path)
         return 0
-    mean, logstd = encode_images(codec, np.stack(images), batch_size, device)
+    mean, logstd = encode_images(codec, np.stack(contents.images), batch_size, device)
     meta = {**attributes, "format_version": FORMAT_VERSION, "scaling_factor": scaling_factor(codec),
-            "source": str(path), "complete": whole}
-    write_cache(out, EncodedSet(mean, logstd, text_encoder.encode(captions), captions, keys, meta))
-    return len(keys)
+            "source": str(contents.path), "complete": contents.whole}
+    write_cache(out, EncodedSet(mean, logstd, text_encoder.encode(contents.captions), contents.captions,
+                                contents.keys, meta))
+    return len(contents.keys)
