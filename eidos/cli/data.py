@@ -64,6 +64,7 @@ def run_download(args: argparse.Namespace) -> int:
 
 def run_encode(args: argparse.Namespace) -> int:
     import glob
+    import time
     from collections import Counter
     from pathlib import Path
 
@@ -97,10 +98,11 @@ def run_encode(args: argparse.Namespace) -> int:
     written = 0
     progress = tqdm(read_shards_ahead(todo, args.resolution, skipped, args.decode_threads), total=len(todo),
                     desc="encode", unit="shard", disable=not state.is_local_main_process)
+    started = time.perf_counter()
     for contents in progress:
         written += encode_shard(contents, out / f"{contents.path.stem}.h5", codec, text_encoder, attributes,
                                 args.batch_size, state.device)
-        progress.set_postfix(images=written)
+        progress.set_postfix(images=written, images_per_s=f"{written / (time.perf_counter() - started):.0f}")
     print(f"process {state.process_index}: encoded {written} samples from {len(todo)} shard(s) "
           f"({len(mine) - len(todo)} already done) into {out}")
     for reason, count in skipped.items():
