@@ -364,7 +364,7 @@ def _apply_override(data: dict, override: str) -> None:
 
 
 # Keys older versions wrote into run folders' config.yaml: dropped with a warning, so old runs still load.
-RETIRED_KEYS = {("data", "num_workers"): "the loader reads ahead in a background thread"}
+RETIRED_KEYS = {("data", "num_workers"): "the loader needs no worker processes"}
 
 
 def _drop_retired_keys(data: dict, path) -> None:

@@ -113,6 +113,10 @@ def test_the_prefetcher_returns_what_a_direct_read_returns(cache_paths):
             assert_same_rows(got, streamed.rows(order.indices(start, 4), strings=False))
     finally:
         prefetcher.close()
+    calls = []
+    inline = Prefetcher(lambda start, count: calls.append(start) or start, ahead=False)  # in-memory rows
+    assert [inline.get(s, 4, s + 4) for s in (0, 4, 12)] == [0, 4, 12] and calls == [0, 4, 12]
+    inline.close()
 
 
 def test_a_streamed_run_equals_an_in_memory_run(tmp_path, cache_paths):

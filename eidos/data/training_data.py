@@ -33,6 +33,7 @@ class TrainingData:
     encode: Callable[[object, torch.device], EncodedBatch]
     preview_rows: EncodedSet
     held_out: EncodedSet | None
+    read_ahead: bool  # worth a background thread: reads from disk or decodes images
     skipped: Counter = field(default_factory=Counter)  # bad samples met while streaming shards, by reason
 
 
@@ -45,6 +46,7 @@ def open_training_data(config: Config, codec, text_encoder, rank: int, build_gua
         train_set.latent_shape, train_set.text_dim, len(train_set),
         read=lambda position, count: train_set.rows(order.indices(position, count), strings=False),
         encode=to_batch, preview_rows=train_set, held_out=held_out,
+        read_ahead=not isinstance(train_set, EncodedSet),  # streamed from the files
     )
 
 
@@ -75,7 +77,7 @@ def _shard_data(config: Config, codec, text_encoder, rank: int) -> TrainingData:
     batch = encode_samples(codec, text_encoder, (keys, captions, images), torch.device("cpu"))
     preview_rows = EncodedSet(batch.latent_mean, batch.latent_logstd, batch.text, captions, keys, expected)
     return TrainingData((latent_channels(codec), side, side), text_encoder.dim, None, read, encode, preview_rows,
-                        held_out, skipped)
+                        held_out, read_ahead=True, skipped=skipped)
 
 
 @torch.no_grad()

@@ -133,7 +133,7 @@ def train(config: Config) -> Path:
     data = open_training_data(config, codec, text_encoder, rank, accelerator.main_process_first)
     if config.data.source == "shards":  # encoded on the fly, on the training device
         codec, text_encoder.model = codec.to(device), text_encoder.model.to(device)
-    prefetcher = Prefetcher(data.read)
+    prefetcher = Prefetcher(data.read, ahead=data.read_ahead)
 
     def next_micro_batch_start(samples_seen: int, micro: int) -> int:
         """Where this process reads after micro-batch `micro` of the step that starts at samples_seen."""
