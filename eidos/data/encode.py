@@ -104,16 +104,13 @@ def read_shard(path: Path, resolution: int, skipped: Counter, pool: Executor | N
     raw: list[tuple[str, str, bytes]] = []
     damaged_before = skipped[TRUNCATED]
     for sample in shard_samples(path, skipped):
-        image_key = next((k for k in IMAGE_KEYS if k in sample), None)
-        caption = sample.get("txt", b"").decode("utf-8", errors="replace").strip()
-        if image_key is None:
-            skipped["no image"] += 1
-        elif not caption:
-            skipped["missing or empty caption"] += 1
+        usable = caption_and_image(sample)
+        if isinstance(usable, str):
+            skipped[usable] += 1
         else:
-            raw.append((sample["__key__"], caption, sample[image_key]))
+            raw.append((sample["__key__"], *usable))
     whole = skipped[TRUNCATED] == damaged_before
-    decoded = (pool.map if pool is not None else map)(lambda item: _decode(item[2], resolution), raw)
+    decoded = (pool.map if pool is not None else map)(lambda item: decode_square(item[2], resolution), raw)
     contents = ShardContents(path, [], [], [], whole)
     for (key, caption, _), image in zip(raw, decoded, strict=True):
         if image is None:
@@ -125,7 +122,19 @@ def read_shard(path: Path, resolution: int, skipped: Counter, pool: Executor | N
     return contents
 
 
-def _decode(data: bytes, resolution: int) -> np.ndarray | None:
+def caption_and_image(sample: dict) -> tuple[str, bytes] | str:
+    """(caption, image bytes) of a webdataset sample, or the reason it is unusable."""
+    image_key = next((k for k in IMAGE_KEYS if k in sample), None)
+    caption = sample.get("txt", b"").decode("utf-8", errors="replace").strip()
+    if image_key is None:
+        return "no image"
+    if not caption:
+        return "missing or empty caption"
+    return caption, sample[image_key]
+
+
+def decode_square(data: bytes, resolution: int) -> np.ndarray | None:
+    """to_rgb_square, or None for an image that cannot be decoded."""
     try:
         return to_rgb_square(data, resolution)
     except (OSError, SyntaxError, ValueError):

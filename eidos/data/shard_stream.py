@@ -19,7 +19,7 @@ from collections import Counter
 import numpy as np
 import webdataset as wds
 
-from eidos.data.encode import IMAGE_KEYS, to_rgb_square
+from eidos.data.encode import caption_and_image, decode_square
 
 logger = logging.getLogger(__name__)
 MAX_MISSES = 10_000  # reads in a row without a usable sample: the shards are unreachable or all bad
@@ -70,14 +70,10 @@ class ShardStream:
             if sample is None or self._misses >= MAX_MISSES:
                 raise RuntimeError(f"no usable sample in the last {MAX_MISSES} reads from the shards (last problem: "
                                    f"{self._last_error}; skipped so far: {dict(self.skipped)}); check data.train_files")
-            image_key = next((k for k in IMAGE_KEYS if k in sample), None)
-            caption = sample.get("txt", b"").decode("utf-8", errors="replace").strip()
-            try:
-                if image_key is None or not caption:
-                    raise LookupError("no image" if image_key is None else "missing or empty caption")
-                image = to_rgb_square(sample[image_key], self.resolution)
-            except (LookupError, OSError, SyntaxError, ValueError) as error:
-                reason = str(error) if isinstance(error, LookupError) else "undecodable image"
+            usable = caption_and_image(sample)
+            image = None if isinstance(usable, str) else decode_square(usable[1], self.resolution)
+            if image is None:
+                reason = usable if isinstance(usable, str) else "undecodable image"
                 self.skipped[reason] += 1
                 self._misses += 1
                 self._last_error = f"{reason} in {sample.get('__url__', '?')}"
@@ -85,5 +81,5 @@ class ShardStream:
             self._misses = 0
             images.append(image)
             keys.append(sample["__key__"])
-            captions.append(caption)
+            captions.append(usable[0])
         return keys, captions, np.stack(images)

@@ -43,9 +43,10 @@ def load_encoded_sets(
     else:
         train_files, held_out_files = cache_files(config.data)
     expected = cache_attributes(config.data, config.encoders)
-    if config.data.in_memory:
-        train_set = concat_sets([read_cache(path, expected) for path in train_files])
-    else:
-        train_set = StreamedCache(train_files, expected)
-    held_out = concat_sets([read_cache(path, expected) for path in held_out_files]) if held_out_files else None
-    return train_set, held_out
+    train_set = read_sets(train_files, expected) if config.data.in_memory else StreamedCache(train_files, expected)
+    return train_set, read_sets(held_out_files, expected)
+
+
+def read_sets(paths: list[Path], expected: dict) -> EncodedSet | None:
+    """Cache files read into memory as one set (None for no files), checked against `expected`."""
+    return concat_sets([read_cache(path, expected) for path in paths]) if paths else None

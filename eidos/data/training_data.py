@@ -12,11 +12,11 @@ import numpy as np
 import torch
 
 from eidos.config import Config
-from eidos.data.cache import EncodedSet, concat_sets, read_cache
+from eidos.data.cache import EncodedSet
 from eidos.data.embedded import cache_attributes
 from eidos.data.loader import EncodedBatch, EpochOrder, to_batch
 from eidos.data.shard_stream import ShardStream, shard_urls
-from eidos.data.sources import cache_files, load_encoded_sets
+from eidos.data.sources import cache_files, load_encoded_sets, read_sets
 from eidos.encoders.codecs import downsample_factor, encode_moments, latent_channels
 
 
@@ -55,7 +55,7 @@ def _shard_data(config: Config, codec, text_encoder, rank: int) -> TrainingData:
     urls = shard_urls(data.train_files)
     _, held_out_files = cache_files(data)
     expected = cache_attributes(data, config.encoders)
-    held_out = concat_sets([read_cache(path, expected) for path in held_out_files]) if held_out_files else None
+    held_out = read_sets(held_out_files, expected)
     side = data.resolution // downsample_factor(codec)
     streams: dict[str, ShardStream] = {}
     skipped: Counter = Counter()
