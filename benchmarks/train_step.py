@@ -23,8 +23,8 @@ from eidos import Batch, FACMObjective, MaskDiT, ObjectiveConfig, TextEmbeddings
 
 OBJECTIVES = {
     "fm": ObjectiveConfig(consistency_weight=0.0, guidance_scale=1.0),
-    "facm-jvp": ObjectiveConfig(tangent="jvp"),
-    "facm-fd": ObjectiveConfig(tangent="finite_difference"),
+    "facm-jvp": ObjectiveConfig(tangent="jvp", consistency_batch_fraction=1.0),
+    "facm-fd": ObjectiveConfig(tangent="finite_difference", consistency_batch_fraction=1.0),
 }
 
 

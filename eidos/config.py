@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import logging
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -24,6 +25,7 @@ logger = logging.getLogger(__name__)
 
 TIME_SAMPLERS = ("lognormal", "logit_normal")
 TANGENTS = ("jvp", "finite_difference")
+TEACHERS = ("flow_branch", "sample")
 
 
 def _require(ok: bool, key: str, value, allowed: str) -> None:
@@ -32,47 +34,69 @@ def _require(ok: bool, key: str, value, allowed: str) -> None:
 
 
 @dataclass
-class ObjectiveConfig:
-    """Flow matching + flow-anchored consistency (FACM) + MAE, DESIGN §3.
+class TimeDistribution:
+    """A training-time distribution over s in (0, 1) (eidos/objectives/time_sampling.py).
 
-    time_sampler: "lognormal" draws sigma = exp(N(time_mean, time_std^2)), s = (2/pi) arctan(sigma) (sCM/FACM);
-        "logit_normal" draws s = sigmoid(N(time_mean, time_std^2)) (SD3), e.g. time_mean=0, time_std=1.
+    sampler "lognormal": sigma = exp(N(mean, std^2)), s = (2/pi) arctan(sigma) (sCM/FACM; FACM uses -0.8, 1.6);
+    "logit_normal": s = sigmoid(N(mean, std^2)) (SD3; 0, 1 puts most draws where content is decided).
+    """
+
+    sampler: str = "logit_normal"
+    mean: float = 0.0
+    std: float = 1.0
+
+    def __post_init__(self) -> None:
+        _require(self.sampler in TIME_SAMPLERS, "objective.*_times.sampler", self.sampler, f"one of {TIME_SAMPLERS}")
+        _require(math.isfinite(self.mean), "objective.*_times.mean", self.mean, "a finite number")
+        _require(math.isfinite(self.std) and self.std > 0, "objective.*_times.std", self.std, "a positive number")
+
+
+@dataclass
+class ObjectiveConfig:
+    """Flow matching + flow-anchored consistency (FACM) + MAE, DESIGN §3 and eidos/objectives/facm.py.
+
+    flow_times, consistency_times: each branch draws its own times (the flow anchor and the consistency
+        branch learn best at different noise levels).
     fm_weight, consistency_weight, mae_weight: weights of the three loss parts; consistency_weight=0 gives plain
         flow matching (no JVP), mae_weight only matters when tokens are masked.
     text_dropout: probability of replacing a sample's text by the null text (trains the unconditional branch).
-    guidance_scale, guidance_interval: classifier-free guidance baked into the target velocity for s inside
+    consistency_teacher: where the consistency branch's velocity comes from. "flow_branch": the model's own
+        flow branch (no gradient), guided; the flow anchor then learns plain conditional flow. "sample":
+        u = eps - x0 of the one sample, with guidance baked into both branches' targets.
+    guidance_scale, guidance_interval: classifier-free guidance of the consistency target for s inside
         [lo, hi]; guidance_scale=1 disables it (and its extra forward).
-    consistency_batch_fraction: the share of each batch that also trains the consistency branch (its JVP is
+    consistency_batch_fraction: the share of each batch that trains the consistency branch (its JVP is
         the expensive part of a step); the flow anchor always uses the whole batch.
     tangent: "jvp" (exact forward-mode derivative) or "finite_difference" (two no-grad forwards, step
         finite_difference_step); adaptive_loss_eps: the constant c in e / sqrt(e + c).
     """
 
-    time_sampler: str = "lognormal"
-    time_mean: float = -0.8
-    time_std: float = 1.6
+    flow_times: TimeDistribution = field(default_factory=TimeDistribution)
+    consistency_times: TimeDistribution = field(default_factory=lambda: TimeDistribution("lognormal", -0.8, 1.6))
     fm_weight: float = 1.0
     consistency_weight: float = 1.0
-    mae_weight: float = 0.1
+    mae_weight: float = 0.0
     text_dropout: float = 0.1
+    consistency_teacher: str = "flow_branch"
     guidance_scale: float = 1.75
     guidance_interval: tuple[float, float] = (0.0, 0.75)
     tangent: str = "jvp"
     finite_difference_step: float = 1e-3
     adaptive_loss_eps: float = 1e-3
-    consistency_batch_fraction: float = 1.0
+    consistency_batch_fraction: float = 0.5
 
     def __post_init__(self) -> None:
         self.guidance_interval = tuple(self.guidance_interval)
-        _require(self.time_sampler in TIME_SAMPLERS, "objective.time_sampler", self.time_sampler,
-                 f"one of {TIME_SAMPLERS}")
-        _require(self.time_std > 0, "objective.time_std", self.time_std, "a positive number")
         for key in ("fm_weight", "consistency_weight", "mae_weight"):
-            _require(getattr(self, key) >= 0, f"objective.{key}", getattr(self, key), "a number >= 0")
+            value = getattr(self, key)
+            _require(math.isfinite(value) and value >= 0, f"objective.{key}", value, "a finite number >= 0")
         _require(self.fm_weight + self.consistency_weight > 0, "objective.fm_weight", self.fm_weight,
                  "fm_weight + consistency_weight > 0 (nothing would be trained)")
         _require(0 <= self.text_dropout < 1, "objective.text_dropout", self.text_dropout, "a probability in [0, 1)")
-        _require(self.guidance_scale >= 1, "objective.guidance_scale", self.guidance_scale, "a number >= 1")
+        _require(self.consistency_teacher in TEACHERS, "objective.consistency_teacher", self.consistency_teacher,
+                 f"one of {TEACHERS}")
+        _require(math.isfinite(self.guidance_scale) and self.guidance_scale >= 1, "objective.guidance_scale",
+                 self.guidance_scale, "a finite number >= 1")
         lo, hi = self.guidance_interval if len(self.guidance_interval) == 2 else (1, 0)
         _require(0 <= lo <= hi <= 1, "objective.guidance_interval", self.guidance_interval,
                  "[lo, hi] with 0 <= lo <= hi <= 1")
@@ -174,22 +198,33 @@ class EncodersConfig:
 
 @dataclass
 class StageConfig:
-    """One training stage: its share of train.max_steps, mask ratio and learning rate."""
+    """One training stage: its share of train.max_steps, mask ratio and learning rate.
+
+    consistency: false = FACM's flow phase (both branches trained as flow: no JVP, no guidance, cheap);
+    true = the consistency branch trains with the FACM target (eidos/objectives/facm.py).
+    restart_ema: the EMA restarts from the current weights (with its warm-up) when this stage begins, so a
+    short consistency stage is not averaged with the flow-phase weights before it.
+    reset_optimizer: clear Adam's moments when this stage begins."""
 
     name: str = "masked"
     fraction: float = 1.0
     mask_ratio: float = 0.5
     learning_rate: float = 1e-3
+    consistency: bool = True
+    restart_ema: bool = False
     reset_optimizer: bool = False
 
     def __post_init__(self) -> None:
         _require(0 < self.fraction <= 1, f"train.stages.{self.name}.fraction", self.fraction, "in (0, 1]")
         _require(0 <= self.mask_ratio < 1, f"train.stages.{self.name}.mask_ratio", self.mask_ratio, "in [0, 1)")
-        _require(self.learning_rate > 0, f"train.stages.{self.name}.learning_rate", self.learning_rate, "> 0")
+        _require(math.isfinite(self.learning_rate) and self.learning_rate > 0,
+                 f"train.stages.{self.name}.learning_rate", self.learning_rate, "a finite number > 0")
 
 
 def _default_stages() -> list[StageConfig]:
-    return [StageConfig("masked", 0.8, 0.5, 1e-3), StageConfig("finetune", 0.2, 0.0, 5e-4, reset_optimizer=True)]
+    return [StageConfig("masked flow", 0.4, 0.5, 1e-3, consistency=False),
+            StageConfig("flow", 0.4, 0.0, 1e-3, consistency=False),
+            StageConfig("consistency", 0.2, 0.0, 5e-4, consistency=True, restart_ema=True)]
 
 
 @dataclass
@@ -197,7 +232,10 @@ class TrainConfig:
     """The optimisation loop. batch_size is the global batch (over processes and accumulation steps).
     A step with a non-finite loss or gradient is skipped; max_consecutive_skips in a row stop the run.
     compile: torch.compile each transformer block of the trained model (worth it on GPU: 1.27x for XL/2 on an
-    H200; compiling takes tens of seconds at the start and again when a stage changes the token count)."""
+    H200; compiling takes tens of seconds at the start and again when a stage changes the token count).
+    time_limit_minutes: stop (checkpoint and export) once this much wall-clock time of training has passed in
+    this invocation, even before max_steps (0 = no limit); for equal-time comparisons, so the stopping step
+    depends on the machine, and rerunning continues the run."""
 
     output_dir: str = "runs/openmoji"
     seed: int = 0
@@ -217,6 +255,7 @@ class TrainConfig:
     allow_tf32: bool = True
     gradient_checkpointing: bool = False
     compile: bool = False
+    time_limit_minutes: float = 0.0
     checkpoint_every: int = 500
     checkpoints_total_limit: int = 2
     log_every: int = 10
@@ -230,6 +269,8 @@ class TrainConfig:
         for key in positive:
             _require(getattr(self, key) >= 1, f"train.{key}", getattr(self, key), "an integer >= 1")
         _require(self.warmup_steps >= 0, "train.warmup_steps", self.warmup_steps, "an integer >= 0")
+        _require(math.isfinite(self.time_limit_minutes) and self.time_limit_minutes >= 0, "train.time_limit_minutes",
+                 self.time_limit_minutes, "a finite number of minutes >= 0 (0 = no limit)")
         _require(len(self.stages) >= 1, "train.stages", self.stages, "at least one stage")
         total = sum(stage.fraction for stage in self.stages)
         _require(abs(total - 1) < 1e-6, "train.stages", [s.fraction for s in self.stages], "fractions summing to 1")
@@ -367,11 +408,23 @@ def _apply_override(data: dict, override: str) -> None:
 RETIRED_KEYS = {("data", "num_workers"): "the loader needs no worker processes"}
 
 
+# Older configs drew one time for both branches (objective.time_sampler/time_mean/time_std).
+OLD_TIME_KEYS = {"time_sampler": "sampler", "time_mean": "mean", "time_std": "std"}
+
+
 def _drop_retired_keys(data: dict, path) -> None:
     for (section, key), why in RETIRED_KEYS.items():
         if isinstance(data.get(section), dict) and key in data[section]:
             del data[section][key]
             logger.warning("%s: ignoring retired key %s.%s (%s)", path, section, key, why)
+    objective = data.get("objective")
+    if isinstance(objective, dict) and OLD_TIME_KEYS.keys() & objective.keys():
+        shared = {"sampler": "lognormal", "mean": -0.8, "std": 1.6}  # the old defaults
+        shared.update({new: objective.pop(old) for old, new in OLD_TIME_KEYS.items() if old in objective})
+        objective.setdefault("flow_times", dict(shared))
+        objective.setdefault("consistency_times", dict(shared))
+        logger.warning("%s: objective.time_sampler/time_mean/time_std are now objective.flow_times and "
+                       "objective.consistency_times (read as both)", path)
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Config:

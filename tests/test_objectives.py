@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from eidos.config import ObjectiveConfig
+from eidos.config import ObjectiveConfig, TimeDistribution
 from eidos.data.batch import Batch, TextEmbeddings
 from eidos.model import TokenMask
 from eidos.objectives import FACMObjective, guided_velocity
@@ -93,10 +93,10 @@ def test_guided_velocity_applies_cfg_only_inside_interval_and_for_kept_text():
 
 def test_time_samplers():
     generator = torch.Generator().manual_seed(0)
-    s = sample_times(100_000, ObjectiveConfig(), generator)
+    s = sample_times(100_000, ObjectiveConfig().consistency_times, generator)  # FACM's lognormal(-0.8, 1.6)
     assert 0 < s.min() and s.max() < 1
     assert s.median().item() == pytest.approx(2 / math.pi * math.atan(math.exp(-0.8)), abs=0.01)
-    s = sample_times(100_000, ObjectiveConfig(time_sampler="logit_normal", time_mean=0.0, time_std=1.0), generator)
+    s = sample_times(100_000, TimeDistribution("logit_normal", 0.0, 1.0), generator)
     assert s.median().item() == pytest.approx(0.5, abs=0.01)
 
 
@@ -133,7 +133,7 @@ def test_mae_loss_targets_normalised_patches_at_removed_tokens_only():
 
 def test_objective_is_deterministic_given_the_generator_and_reports_parts():
     model = make_tiny_model()
-    objective = FACMObjective(ObjectiveConfig(), mask_ratio=0.5)
+    objective = FACMObjective(ObjectiveConfig(mae_weight=0.1), mask_ratio=0.5)
     batch = make_batch()
     loss_a, parts_a = objective(model, batch, torch.Generator().manual_seed(5))
     loss_b, parts_b = objective(model, batch, torch.Generator().manual_seed(5))
@@ -150,10 +150,10 @@ def test_plain_flow_matching_runs_no_consistency_forward():
     batch = Batch(MU + SIGMA0 * torch.randn(4, 3, 16, 16), TextEmbeddings(torch.zeros(4, 16)))
     FACMObjective(ObjectiveConfig(consistency_weight=0.0, guidance_scale=1.0))(exact, batch)
     assert exact.calls == 1
-    FACMObjective(ObjectiveConfig(guidance_scale=1.0))(exact, batch)
+    FACMObjective(ObjectiveConfig(consistency_teacher="sample", guidance_scale=1.0))(exact, batch)
     assert exact.calls == 1 + 2  # flow + one JVP forward
-    FACMObjective(ObjectiveConfig(guidance_scale=1.75))(exact, batch)
-    assert exact.calls == 3 + 3  # flow + unconditional + JVP
+    FACMObjective(ObjectiveConfig(consistency_teacher="sample", guidance_scale=1.75))(exact, batch)
+    assert exact.calls == 3 + 4  # flow + unconditional (anchor) + unconditional (share) + JVP
 
 
 def test_objective_reuses_one_mask_for_all_forwards():
@@ -167,8 +167,15 @@ def test_objective_reuses_one_mask_for_all_forwards():
         return out
 
     model.forward = spy
-    FACMObjective(ObjectiveConfig(), mask_ratio=0.5)(model, make_batch(), torch.Generator().manual_seed(0))
-    assert len(seen) == 3 and all(torch.equal(m, seen[0]) for m in seen) and seen[0].any()
+    generator = torch.Generator().manual_seed(0)
+    sample_teacher = ObjectiveConfig(consistency_teacher="sample", consistency_batch_fraction=1.0)
+    FACMObjective(sample_teacher, mask_ratio=0.5)(model, make_batch(), generator)
+    assert len(seen) == 4 and all(torch.equal(m, seen[0]) for m in seen) and seen[0].any()
+    # the flow-branch teacher sees every token (its velocity is the consistency target's tangent everywhere)
+    seen.clear()
+    FACMObjective(ObjectiveConfig(consistency_batch_fraction=1.0), mask_ratio=0.5)(model, make_batch(), generator)
+    flow, teacher, jvp = seen
+    assert torch.equal(flow, jvp) and flow.any() and not teacher.any() and len(teacher) == 2 * len(flow)
 
 
 @pytest.mark.parametrize("mask_ratio", [0.0, 0.5])

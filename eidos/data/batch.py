@@ -42,7 +42,11 @@ class TextEmbeddings:
             if name == "drop" and (a is not None or b is not None):
                 a = torch.zeros(size, dtype=torch.bool, device=self.pooled.device) if a is None else a
                 b = torch.zeros(other_size, dtype=torch.bool, device=self.pooled.device) if b is None else b
-            return None if a is None else torch.cat([a, b])
+            if a is None:
+                return None
+            # CPU autocast refuses torch.cat of bool tensors ("Unexpected floating ScalarType"): join outside it.
+            with torch.autocast(device_type=a.device.type, enabled=False):
+                return torch.cat([a, b])
 
         return TextEmbeddings(*(joined(f.name) for f in fields(self)))
 

@@ -1,5 +1,17 @@
-"""The training loss of Eidos: flow-matching anchor + flow-anchored consistency + MAE, with CFG baked into
-the targets (DESIGN §3). One call computes the total loss for a batch and returns its named parts.
+"""The training loss of Eidos: flow-matching anchor + flow-anchored consistency + MAE (DESIGN §3).
+
+Two phases, in FACM's own order (Peng et al. 2025: pretrain both branches as flow, then train consistency):
+- flow phase (`consistency=False`): one forward. The consistency branch's share of the batch gets the
+  condition +s, the rest -s, and both regress the conditional velocity u = eps - x0. No JVP, no guidance:
+  as cheap as plain flow matching, and the consistency branch starts the next phase as a good flow.
+- consistency phase (`consistency=True`): the flow anchor on the whole batch, plus the FACM consistency loss
+  on its share, with its own time draw. Its velocity u* comes from the `consistency_teacher`:
+  "flow_branch" (default) distils the model's own flow branch, sg(G(x, -s)), with classifier-free guidance
+  u* = G_unc + w (G_c - G_unc): a deterministic ODE to be consistent with, so one-step samples are sharp
+  rather than the blurred mean of single-sample targets; the anchor then learns plain conditional flow
+  (guidance is applied at flow-sampling time). "sample" uses u_c = eps - x0 from the one sample and bakes
+  guidance into both branches' targets (FACM trained from scratch).
+One call computes the total loss for a batch and returns its named parts.
 """
 
 from __future__ import annotations
@@ -10,7 +22,7 @@ import torch
 from torch import nn
 
 from eidos.config import ObjectiveConfig
-from eidos.data.batch import Batch
+from eidos.data.batch import Batch, TextEmbeddings
 from eidos.model.masking import TokenMask, num_kept_tokens
 from eidos.objectives.consistency import (
     adaptive_consistency_loss,
@@ -45,18 +57,44 @@ def patch_size_of(x: torch.Tensor, removed: torch.Tensor) -> int:
     return x.shape[-1] // grid
 
 
+@torch.no_grad()
+def teacher_velocity(
+    model: nn.Module, x_s: torch.Tensor, s: torch.Tensor, text: TextEmbeddings, dropped: torch.Tensor,
+    cfg: ObjectiveConfig,
+) -> torch.Tensor:
+    """The flow branch's guided velocity u* = G_unc + w (G_c - G_unc) at (x_s, -s), all tokens, no gradient.
+
+    Conditional and unconditional passes go through the model as one batch of 2B. (B, C, H, W) float32.
+    """
+    everyone = torch.ones_like(dropped)
+    both = TextEmbeddings(text.pooled, text.tokens, text.mask, drop=dropped).concat(
+        TextEmbeddings(text.pooled, text.tokens, text.mask, drop=everyone))
+    t = flow_condition(s)
+    out = model(torch.cat([x_s, x_s]), torch.cat([t, t]), **both.model_kwargs(), drop_text=both.drop).sample
+    u_cond, u_uncond = out.float().chunk(2)
+    return guided_velocity(u_cond, u_uncond, s, dropped, cfg.guidance_scale, cfg.guidance_interval)
+
+
 class FACMObjective:
     """`objective(model, batch, generator) -> (loss, parts)` with parts total, fm, cm, mae (detached).
 
-    mask_ratio is the stage's fraction of tokens hidden from the encoder (0.5 in stage 1, 0 in the finetune).
-    Every random draw (times, noise, text dropout, mask) uses `generator`, so a step is reproducible from it.
+    mask_ratio is the stage's fraction of tokens hidden from the encoder; consistency picks the phase (module
+    docstring). In the flow phase "cm" is the consistency branch's flow loss. Every random draw (times, noise,
+    text dropout, mask) uses `generator`, so a step is reproducible from it.
     """
 
-    def __init__(self, config: ObjectiveConfig, mask_ratio: float = 0.0):
+    def __init__(self, config: ObjectiveConfig, mask_ratio: float = 0.0, consistency: bool = True):
         if not 0 <= mask_ratio < 1:
             raise ValueError(f"mask_ratio must be in [0, 1), got {mask_ratio}")
         self.config = config
         self.mask_ratio = mask_ratio
+        self.consistency = consistency
+
+    def consistency_share(self, batch_size: int) -> int:
+        """How many examples (the first k of the batch) train the consistency branch; 0 = plain flow matching."""
+        if self.config.consistency_weight == 0:
+            return 0
+        return max(1, math.ceil(batch_size * self.config.consistency_batch_fraction))
 
     def __call__(
         self, model: nn.Module, batch: Batch, generator: torch.Generator | None = None
@@ -64,55 +102,101 @@ class FACMObjective:
         cfg = self.config
         x0 = batch.latents.float()
         size, device = x0.shape[0], x0.device
-        s = sample_times(size, cfg, generator, device)
+        k = self.consistency_share(size)
+        s = sample_times(size, cfg.flow_times, generator, device)
+        s_cm = sample_times(k, cfg.consistency_times, generator, device)  # the consistency branch's own draw
         eps = torch.randn(x0.shape, generator=generator, device=device)
         dropped = torch.rand(size, generator=generator, device=device) < cfg.text_dropout
-        x_s = interpolate(x0, eps, s)
-        u_cond = conditional_velocity(x0, eps)
-        text = batch.text.model_kwargs()
+        if not self.consistency:
+            return self._flow_phase(model, batch, x0, eps, s, s_cm, dropped, generator)
+        return self._consistency_phase(model, batch, x0, eps, s, s_cm, dropped, generator)
 
-        # Flow anchor branch: instantaneous velocity at condition -s (draws the token mask for this example).
-        flow = model(x_s, flow_condition(s), **text, drop_text=dropped, mask_ratio=self.mask_ratio, generator=generator)
+    def _masked_forward(self, model, x_s, t, text, dropped, generator):
+        """One forward with gradients that draws this example's token mask. -> (output, removed, TokenMask)"""
+        flow = model(x_s, t, **text.model_kwargs(), drop_text=dropped, mask_ratio=self.mask_ratio,
+                     generator=generator)
         removed = flow.mask
         token_mask = None
         if self.mask_ratio > 0:
             token_mask = TokenMask.from_removed(removed, num_kept_tokens(removed.shape[1], self.mask_ratio))
-        patch_size = patch_size_of(x0, removed)
+        return flow.sample, removed, token_mask
 
+    def _mae(self, pred, x_s, removed, patch_size, device) -> torch.Tensor:
+        if self.mask_ratio > 0 and self.config.mae_weight > 0:
+            return masked_reconstruction_loss(pred, x_s, removed, patch_size).mean()
+        return torch.zeros((), device=device)
+
+    def _parts(self, fm, cm, mae) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        cfg = self.config
+        total = cfg.fm_weight * fm + cfg.consistency_weight * cm + cfg.mae_weight * mae
+        parts = {"total": total, "fm": fm, "cm": cm, "mae": mae}
+        return total, {name: value.detach() for name, value in parts.items()}
+
+    def _flow_phase(self, model, batch, x0, eps, s, s_cm, dropped, generator):
+        """FACM pretraining: both branches regress u = eps - x0; the first k examples take condition +s."""
+        k = s_cm.shape[0]
+        times = torch.cat([s_cm, s[k:]])
+        condition = torch.cat([consistency_condition(s_cm), flow_condition(s[k:])])
+        x_s = interpolate(x0, eps, times)
+        pred, removed, _ = self._masked_forward(model, x_s, condition, batch.text, dropped, generator)
+        patch_size = patch_size_of(x0, removed)
+        per_example = velocity_loss(pred, conditional_velocity(x0, eps), ~removed, patch_size)
+        # Each branch's loss is a mean over its own examples; the branches are weighted like in the next phase.
+        fm = per_example[k:].mean() if k < x0.shape[0] else torch.zeros((), device=x0.device)
+        cm = per_example[:k].mean() if k > 0 else torch.zeros((), device=x0.device)
+        return self._parts(fm, cm, self._mae(pred, x_s, removed, patch_size, x0.device))
+
+    def _consistency_phase(self, model, batch, x0, eps, s, s_cm, dropped, generator):
+        cfg = self.config
+        device = x0.device
+        x_s = interpolate(x0, eps, s)
+        u_cond = conditional_velocity(x0, eps)
+        pred, removed, token_mask = self._masked_forward(model, x_s, flow_condition(s), batch.text, dropped,
+                                                         generator)
+        patch_size = patch_size_of(x0, removed)
+        sample_teacher = cfg.consistency_teacher == "sample"
+
+        # Flow anchor: plain conditional flow, or (sample teacher) guidance baked into its target.
         target_u = u_cond
-        if cfg.guidance_scale != 1:
+        if sample_teacher and cfg.guidance_scale != 1:
             with torch.no_grad():
                 everyone = torch.ones_like(dropped)
-                u_uncond = model(x_s, flow_condition(s), **text, drop_text=everyone, token_mask=token_mask).sample
-            target_u = guided_velocity(u_cond, u_uncond.float(), s, dropped, cfg.guidance_scale, cfg.guidance_interval)
-
+                u_uncond = model(x_s, flow_condition(s), **batch.text.model_kwargs(), drop_text=everyone,
+                                 token_mask=token_mask).sample
+            target_u = guided_velocity(u_cond, u_uncond.float(), s, dropped, cfg.guidance_scale,
+                                       cfg.guidance_interval)
         visible = ~removed
-        fm = velocity_loss(flow.sample, target_u, visible, patch_size).mean()
+        fm = velocity_loss(pred, target_u, visible, patch_size).mean()
+
         cm = torch.zeros((), device=device)
-        if cfg.consistency_weight > 0:
-            # The consistency branch trains on the first `k` examples only (its JVP dominates the step's cost).
-            k = max(1, math.ceil(size * cfg.consistency_batch_fraction))
+        k = s_cm.shape[0]
+        if k > 0:
             sub = slice(0, k)
-            sub_text = batch.text[sub].model_kwargs()
+            sub_text = batch.text[sub]
             sub_mask = None if token_mask is None else token_mask[sub]
+            x_cm = interpolate(x0[sub], eps[sub], s_cm)
+            if sample_teacher:
+                u_star = u_cond[sub]
+                if cfg.guidance_scale != 1:
+                    with torch.no_grad():
+                        u_uncond = model(x_cm, flow_condition(s_cm), **sub_text.model_kwargs(),
+                                         drop_text=torch.ones_like(dropped[sub]), token_mask=sub_mask).sample
+                    u_star = guided_velocity(u_star, u_uncond.float(), s_cm, dropped[sub], cfg.guidance_scale,
+                                             cfg.guidance_interval)
+            else:
+                u_star = teacher_velocity(model, x_cm, s_cm, sub_text, dropped[sub], cfg)
             use_math = cfg.tangent == "jvp"  # fused SDPA has no forward-mode AD
 
             def average_velocity(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
                 return model(
-                    x, consistency_condition(t), **sub_text, drop_text=dropped[sub], token_mask=sub_mask,
-                    math_attention=use_math,
+                    x, consistency_condition(t), **sub_text.model_kwargs(), drop_text=dropped[sub],
+                    token_mask=sub_mask, math_attention=use_math,
                 ).sample
 
             G, dG = velocity_and_time_derivative(
-                average_velocity, x_s[sub], s[sub], target_u[sub], cfg.tangent, cfg.finite_difference_step
+                average_velocity, x_cm, s_cm, u_star, cfg.tangent, cfg.finite_difference_step
             )
-            target = consistency_target(G, dG, target_u[sub], s[sub])
+            target = consistency_target(G, dG, u_star, s_cm)
             per_example = adaptive_consistency_loss(G, target, visible[sub], patch_size, cfg.adaptive_loss_eps)
-            cm = (consistency_weight(s[sub]) * per_example).mean()
-        mae = torch.zeros((), device=device)
-        if self.mask_ratio > 0 and cfg.mae_weight > 0:
-            mae = masked_reconstruction_loss(flow.sample, x_s, removed, patch_size).mean()
-
-        total = cfg.fm_weight * fm + cfg.consistency_weight * cm + cfg.mae_weight * mae
-        parts = {"total": total, "fm": fm, "cm": cm, "mae": mae}
-        return total, {name: value.detach() for name, value in parts.items()}
+            cm = (consistency_weight(s_cm) * per_example).mean()
+        return self._parts(fm, cm, self._mae(pred, x_s, removed, patch_size, device))

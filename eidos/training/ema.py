@@ -27,6 +27,13 @@ class EMA:
         torch._foreach_lerp_([self.shadow[n] for n in names], [params[n].detach().float() for n in names], weight)
 
     @torch.no_grad()
+    def restart(self, model: nn.Module) -> None:
+        """Start the average again from the model's current weights (pass steps counted from now to update)."""
+        params = dict(model.named_parameters())
+        for name, shadow in self.shadow.items():
+            shadow.copy_(params[name].detach().float())
+
+    @torch.no_grad()
     def copy_to(self, model: nn.Module) -> None:
         for name, p in model.named_parameters():
             p.copy_(self.shadow[name].to(p.dtype))

@@ -41,6 +41,7 @@ from eidos.training.checkpoint import TrainerState, latest_checkpoint, load_chec
 from eidos.training.ema import EMA
 from eidos.training.faults import NonFiniteTraining, StopRequest, TrainingInterrupted
 from eidos.training.previews import build_preview_set, render_previews
+from eidos.training.run_folder import check_run_folder
 
 logger = logging.getLogger(__name__)
 
@@ -76,13 +77,14 @@ def step_seed(seed: int, rank: int, step: int, micro: int) -> int:
 
 
 def learning_rate(config: Config, step: int) -> tuple[int, float]:
-    """(stage index, learning rate) at optimizer step `step`: per-stage linear warm-up, then constant or cosine
-    decay to 10% over the stage."""
+    """(stage index, learning rate) at optimizer step `step`: one linear warm-up at the start of the run (a
+    warm-up per stage spent much of a short stage at a reduced rate), then per stage constant or cosine decay
+    to 10% over the stage."""
     start = 0
+    warmup = min(1.0, (step + 1) / config.train.warmup_steps) if config.train.warmup_steps else 1.0
     for index, (stage, length) in enumerate(zip(config.train.stages, config.train.stage_steps(), strict=True)):
         if step < start + length or index == len(config.train.stages) - 1:
             into = step - start
-            warmup = min(1.0, (into + 1) / config.train.warmup_steps) if config.train.warmup_steps else 1.0
             decay = 1.0
             if config.train.lr_schedule == "cosine":
                 decay = 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, into / max(1, length))))
@@ -93,6 +95,13 @@ def learning_rate(config: Config, step: int) -> tuple[int, float]:
 
 def stage_start(config: Config, index: int) -> int:
     return sum(config.train.stage_steps()[:index])
+
+
+def ema_start(config: Config, index: int) -> int:
+    """The step the EMA last (re)started at, for a step in stage `index`: the start of the latest stage up to it
+    with restart_ema (0 if none). A function of the config alone, so a resumed run agrees."""
+    starts = [stage_start(config, i) for i in range(index + 1) if config.train.stages[i].restart_ema]
+    return max(starts, default=0)
 
 
 def _autocast(config: Config, device: torch.device):
@@ -107,6 +116,7 @@ def train(config: Config) -> Path:
     """Train (or resume) the run in config.train.output_dir; returns the folder of the final exported model."""
     cfg = config.train
     output_dir = Path(cfg.output_dir)
+    check_run_folder(output_dir, config.to_dict())  # before any work: never write into a folder that isn't ours
     tracker = None if cfg.tracker == "none" else cfg.tracker
     # cpu=True on a machine without CUDA: accelerate then runs `torchrun --nproc_per_node N` as gloo DDP
     # (without it every CPU process believed it was alone).
@@ -192,12 +202,18 @@ def train(config: Config) -> Path:
         accelerator.init_trackers("eidos", config=_flat(config.to_dict()))
 
     def write_previews() -> None:
+        """Sample grids are a view of the run, never a reason to lose it: a failure is logged and training goes on."""
         if not accelerator.is_main_process:
             return
         ema.copy_to(ema_model)
-        with autocast:
-            grid = render_previews(ema_model, codec, previews, config.sampling, device)
-        grid.save(output_dir / "samples" / f"step-{state.step:07d}.png")
+        try:
+            with autocast:
+                grid = render_previews(ema_model, codec, previews, config.sampling, device)
+            grid.save(output_dir / "samples" / f"step-{state.step:07d}.png")
+        except (RuntimeError, ValueError, OSError) as error:
+            logger.warning("step %d: sample grid failed, training goes on: %s: %s", state.step,
+                           type(error).__name__, error)
+            return
         if cfg.tracker == "tensorboard":
             accelerator.get_tracker("tensorboard").log_images({"samples": pil_to_array(grid)[None]}, state.step,
                                                               dataformats="NHWC")
@@ -213,16 +229,22 @@ def train(config: Config) -> Path:
     stage_index, objective = -1, None
     window: dict[str, float] = {}
     window_steps, window_start = 0, time.perf_counter()
+    loop_start = time.monotonic()
+    deadline = loop_start + 60 * cfg.time_limit_minutes if cfg.time_limit_minutes > 0 else math.inf
     try:
         while state.step < cfg.max_steps:
             index, lr = learning_rate(config, state.step)
             if index != stage_index:
                 stage = cfg.stages[index]
-                objective = FACMObjective(config.objective, mask_ratio=stage.mask_ratio)
-                if stage.reset_optimizer and state.step == stage_start(config, index) and state.step > 0:
-                    optimizer.state.clear()  # a fresh optimizer for the finetune stage (DESIGN §3)
+                objective = FACMObjective(config.objective, mask_ratio=stage.mask_ratio, consistency=stage.consistency)
+                entering = state.step == stage_start(config, index) and state.step > 0
+                if stage.reset_optimizer and entering:
+                    optimizer.state.clear()  # a fresh optimizer for this stage (DESIGN §3)
+                if stage.restart_ema and entering:
+                    ema.restart(model)
                 stage_index = index
-                logger.info("stage %r from step %d: mask ratio %.2f", stage.name, state.step, stage.mask_ratio)
+                logger.info("stage %r from step %d: mask ratio %.2f, %s", stage.name, state.step, stage.mask_ratio,
+                            "consistency" if stage.consistency else "flow (both branches)")
             for group in optimizer.param_groups:
                 group["lr"] = lr
 
@@ -244,7 +266,7 @@ def train(config: Config) -> Path:
             grad_norm = accelerator.clip_grad_norm_(step_module.parameters(), max_norm)
             if torch.isfinite(grad_norm):  # all-reduced gradients: every process takes the same branch
                 optimizer.step()
-                ema.update(model, state.step)
+                ema.update(model, state.step - ema_start(config, stage_index))
                 consecutive_skips = 0
             else:
                 state.skipped_steps += 1
@@ -260,16 +282,19 @@ def train(config: Config) -> Path:
             optimizer.zero_grad(set_to_none=True)
             state.step += 1
             state.samples_seen += cfg.batch_size
+            out_of_time = deadline < math.inf and bool(  # agreed by all processes: they stop at the same step
+                accelerator.gather(torch.tensor([time.monotonic() >= deadline], device=device)).any())
 
             for name, value in parts_sum.items():
                 window[name] = window.get(name, 0.0) + float(value)
             window["grad_norm"] = window.get("grad_norm", 0.0) + float(grad_norm)
             window_steps += 1
-            if state.step % cfg.log_every == 0 or state.step == cfg.max_steps:
+            if state.step % cfg.log_every == 0 or state.step == cfg.max_steps or out_of_time:
                 elapsed = time.perf_counter() - window_start
                 logs = {f"loss/{k}" if k in parts_sum else k: v / window_steps for k, v in window.items()}
                 logs.update({"lr": lr, "samples_per_sec": window_steps * cfg.batch_size / elapsed,
-                             "stage": stage_index, "skipped_steps": state.skipped_steps})
+                             "stage": stage_index, "skipped_steps": state.skipped_steps,
+                             "train_minutes": (time.monotonic() - loop_start) / 60})  # in this invocation
                 accelerator.log(logs, step=state.step)
                 if accelerator.is_main_process:
                     with open(output_dir / "metrics.jsonl", "a") as handle:
@@ -279,17 +304,21 @@ def train(config: Config) -> Path:
                                      img_s=f"{logs['samples_per_sec']:.0f}")
                 window, window_steps, window_start = {}, 0, time.perf_counter()
             progress.update(1)
-            if state.step % cfg.sample_every == 0 or state.step == cfg.max_steps:
-                write_previews()
-            saved = state.step % cfg.checkpoint_every == 0 or state.step == cfg.max_steps
-            if saved:
+            last_step = state.step == cfg.max_steps or out_of_time
+            saved = state.step % cfg.checkpoint_every == 0 or last_step
+            if saved:  # before the previews: the step's work is safe whatever drawing them does
                 checkpoint_now()
+            if state.step % cfg.sample_every == 0 or last_step:
+                write_previews()
             if stop.signum is not None:
                 accelerator.set_trigger()
             if accelerator.check_trigger():  # any process got SIGTERM/SIGINT: all save and stop together
                 if not saved:
                     checkpoint_now()
                 raise TrainingInterrupted(stop.signum or signal.SIGTERM, state.step)
+            if out_of_time:
+                logger.info("train.time_limit_minutes=%g reached at step %d", cfg.time_limit_minutes, state.step)
+                break
 
     finally:
         stop.restore()

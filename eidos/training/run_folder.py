@@ -1,0 +1,71 @@
+"""Who owns a run folder: `eidos train` writes only into an empty folder or into its own earlier run.
+
+A folder holding anything else (a foreign config.yaml, another run's config, files eidos did not write) is
+refused before any work starts, so a mistyped --output-dir never overwrites a user's files.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from eidos.config import load_config
+
+CONFIG_FILE = "config.yaml"
+# Settings a rerun may change without becoming another run: how long it trains, how often it reports.
+SCHEDULE_KEYS = {
+    "train": {"max_steps", "checkpoint_every", "sample_every", "log_every", "checkpoints_total_limit", "tracker"},
+    "sampling": None,  # None: the whole section
+}
+
+
+def _comparable(config: dict) -> dict:
+    trimmed = {}
+    for section, values in config.items():
+        ignored = SCHEDULE_KEYS.get(section, set())
+        if ignored is None:
+            continue
+        trimmed[section] = {k: v for k, v in values.items() if k not in ignored} if isinstance(values, dict) \
+            else values
+    return trimmed
+
+
+def _differences(old: dict, new: dict, prefix: str = "") -> list[str]:
+    keys = sorted(set(old) | set(new), key=str)
+    found = []
+    for key in keys:
+        a, b = old.get(key, "<missing>"), new.get(key, "<missing>")
+        if isinstance(a, dict) and isinstance(b, dict):
+            found += _differences(a, b, f"{prefix}{key}.")
+        elif a != b:
+            found.append(f"{prefix}{key}: {a!r} -> {b!r}")
+    return found
+
+
+def check_run_folder(output_dir: Path, config: dict) -> None:
+    """Refuse (ValueError) to train into `output_dir` unless it is new, empty, or this same run's folder.
+
+    `config` is the resolved config as a plain dict; the folder's config.yaml must equal it up to SCHEDULE_KEYS.
+    """
+    if output_dir.exists() and not output_dir.is_dir():
+        raise ValueError(f"train.output_dir {output_dir} is a file, not a folder: choose another --output-dir")
+    if not output_dir.exists() or not any(output_dir.iterdir()):
+        return
+    saved = output_dir / CONFIG_FILE
+    if not saved.is_file():
+        raise ValueError(f"train.output_dir {output_dir} is not empty and holds no eidos {CONFIG_FILE}: eidos trains "
+                         f"only into a new or empty folder or resumes its own run; choose another --output-dir")
+    try:
+        raw = yaml.safe_load(saved.read_text())
+        if not isinstance(raw, dict) or not {"model", "train", "objective"} <= raw.keys():
+            raise ValueError("no model/train/objective sections")
+        old = load_config(saved).to_dict()  # older key spellings are migrated as for any config
+    except (yaml.YAMLError, UnicodeDecodeError, ValueError) as error:
+        raise ValueError(f"{saved} is not an eidos run config ({error}); not overwriting it: choose another "
+                         f"--output-dir") from None
+    changed = _differences(_comparable(old), _comparable(config))
+    if changed:
+        shown = "; ".join(changed[:5]) + (f"; and {len(changed) - 5} more" if len(changed) > 5 else "")
+        raise ValueError(f"train.output_dir {output_dir} holds another run (its {CONFIG_FILE} differs: {shown}). "
+                         f"Rerun with that run's settings to resume it, or choose another --output-dir")

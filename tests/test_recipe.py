@@ -1,0 +1,199 @@
+"""The training recipe: FACM's flow phase, the flow-branch teacher, per-branch times, EMA restart, warm-up once."""
+
+import math
+
+import pytest
+import torch
+
+from eidos.config import ObjectiveConfig, TimeDistribution, load_config
+from eidos.data.batch import Batch, TextEmbeddings
+from eidos.model.maskdit import MaskDiTOutput
+from eidos.objectives import FACMObjective
+from eidos.objectives.facm import teacher_velocity
+from eidos.objectives.time_sampling import sample_times
+from eidos.sampling import sample_flow_euler
+from eidos.training.ema import EMA
+from eidos.training.loop import ema_start, learning_rate
+from tests.conftest import GaussianVelocity, make_batch, make_tiny_model
+
+MU, SIGMA0 = 0.7, 0.4
+
+
+class NoiseOverTime(torch.nn.Module):
+    """For data x0 = 0 the path is x_s = s eps and u = eps - x0 = x_s / s: this model returns exactly that for
+    either branch (|t| = s), and records every call's time condition."""
+
+    def __init__(self):
+        super().__init__()
+        self.conditions = []
+
+    def forward(self, x, t, drop_text=None, token_mask=None, mask_ratio=0.0, generator=None, **_ignored):
+        self.conditions.append(t.detach().clone())
+        sample = x / t.abs().reshape(-1, 1, 1, 1)
+        return MaskDiTOutput(sample=sample, mask=torch.zeros(x.shape[0], (x.shape[-1] // 4) ** 2, dtype=torch.bool))
+
+
+def zero_batch(size=8):
+    return Batch(torch.zeros(size, 3, 16, 16), TextEmbeddings(torch.zeros(size, 16)))
+
+
+def test_flow_phase_trains_both_branches_as_flow_in_one_forward():
+    model = NoiseOverTime()
+    objective = FACMObjective(ObjectiveConfig(consistency_batch_fraction=0.25), consistency=False)
+    loss, parts = objective(model, zero_batch(8), torch.Generator().manual_seed(0))
+    assert len(model.conditions) == 1  # no JVP, no guidance pass
+    t = model.conditions[0]
+    assert (t[:2] > 0).all() and (t[2:] < 0).all()  # the consistency share takes +s, the rest -s
+    # the model equals the flow target u = eps - x0 for both branches, so both losses vanish
+    assert parts["fm"].item() == pytest.approx(0, abs=1e-5) and parts["cm"].item() == pytest.approx(0, abs=1e-5)
+    assert loss.item() == pytest.approx(0, abs=1e-5)
+
+
+def test_flow_phase_of_plain_flow_matching_has_no_consistency_share():
+    model = NoiseOverTime()
+    FACMObjective(ObjectiveConfig(consistency_weight=0.0), consistency=False)(model, zero_batch(8))
+    assert (model.conditions[0] < 0).all()
+
+
+def test_each_branch_draws_from_its_own_time_distribution():
+    generator = torch.Generator().manual_seed(0)
+    flow = sample_times(100_000, TimeDistribution("logit_normal", 0.0, 1.0), generator)
+    consistency = sample_times(100_000, TimeDistribution("lognormal", 0.0, 1.6), generator)
+    assert flow.median().item() == pytest.approx(0.5, abs=0.01)
+    assert consistency.median().item() == pytest.approx(0.5, abs=0.01)
+    # logit-normal(0, 1) concentrates where content is decided; the log-normal reaches the noise end
+    assert ((flow > 0.3) & (flow < 0.7)).float().mean() > 0.55
+    assert (consistency > 0.9).float().mean() > 2 * (flow > 0.9).float().mean()
+
+
+def test_teacher_is_the_guided_flow_branch_in_one_batched_call():
+    model = make_tiny_model()
+    with torch.no_grad():
+        for p in model.parameters():  # a non-trivial network (AdaLN-Zero starts as the zero map)
+            p.add_(0.05 * torch.randn_like(p))
+    batch = make_batch(size=2)
+    x, s = torch.randn_like(batch.latents), torch.tensor([0.3, 0.9])
+    dropped = torch.tensor([False, False])
+    cfg = ObjectiveConfig(guidance_scale=2.0, guidance_interval=(0.0, 0.75))
+    u_star = teacher_velocity(model, x, s, batch.text, dropped, cfg)
+    with torch.no_grad():
+        cond = model(x, -s, **batch.text.model_kwargs()).sample
+        uncond = model(x, -s, **batch.text.model_kwargs(), drop_text=torch.ones(2, dtype=torch.bool)).sample
+    assert torch.allclose(u_star[0], uncond[0] + 2.0 * (cond[0] - uncond[0]), atol=1e-5)  # s = 0.3: guided
+    assert torch.allclose(u_star[1], cond[1], atol=1e-5)  # s = 0.9 is outside the guidance interval
+    assert not torch.allclose(cond, uncond, atol=1e-3)
+
+
+def test_an_exact_model_has_zero_consistency_loss_with_the_flow_branch_teacher():
+    """Gaussian data, exact instantaneous and average velocities: the teacher is the true flow, the identity
+    G = u - s dG/ds holds, so the FACM target equals G and the consistency loss vanishes."""
+    exact = GaussianVelocity(MU, SIGMA0)
+    batch = Batch(MU + SIGMA0 * torch.randn(8, 3, 16, 16), TextEmbeddings(torch.zeros(8, 16)))
+    objective = FACMObjective(ObjectiveConfig(consistency_batch_fraction=1.0, text_dropout=0.0))
+    _, parts = objective(exact, batch, torch.Generator().manual_seed(0))
+    assert parts["cm"].item() < 1e-4
+    assert parts["fm"].item() > 0.1  # the anchor still regresses single-sample velocities
+
+
+def test_network_calls_per_step_by_teacher():
+    exact = GaussianVelocity(MU, SIGMA0)
+    batch = Batch(MU + SIGMA0 * torch.randn(4, 3, 16, 16), TextEmbeddings(torch.zeros(4, 16)))
+    FACMObjective(ObjectiveConfig())(exact, batch)
+    assert exact.calls == 3  # flow anchor + teacher (conditional and unconditional in one batch) + JVP
+    FACMObjective(ObjectiveConfig(consistency_teacher="sample", guidance_scale=1.75))(exact, batch)
+    assert exact.calls == 3 + 4  # flow + unconditional for the anchor + unconditional for the share + JVP
+    FACMObjective(ObjectiveConfig(consistency_teacher="sample", guidance_scale=1.0))(exact, batch)
+    assert exact.calls == 7 + 2
+
+
+def test_learning_rate_warms_up_once_and_stages_keep_their_rates():
+    config = load_config(None, ["train.max_steps=100", "train.warmup_steps=10"])
+    rates = [learning_rate(config, step) for step in range(100)]
+    starts = [0, 40, 80]
+    assert rates[0][1] == pytest.approx(1e-4)  # (0 + 1) / 10 of 1e-3
+    assert rates[40] == (1, 1e-3) and rates[80] == (2, 5e-4)  # no second warm-up at a stage boundary
+    assert [index for index, _ in rates] == [i for i, n in enumerate((40, 40, 20)) for _ in range(n)]
+    assert all(not math.isclose(rates[s - 1][1], 0) for s in starts[1:])
+
+
+def test_ema_restarts_at_the_consistency_stage_from_the_current_weights():
+    config = load_config(None, ["train.max_steps=100"])
+    assert [ema_start(config, i) for i in range(3)] == [0, 0, 80]
+    model = make_tiny_model()
+    ema = EMA(model, decay=0.999)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+    ema.update(model, 500)
+    name, param = next(iter(model.named_parameters()))
+    assert not torch.allclose(ema.shadow[name], param)
+    ema.restart(model)
+    assert all(torch.equal(ema.shadow[n], p.float()) for n, p in model.named_parameters())
+    assert ema.decay_at(0) == pytest.approx(0.1)  # the warm-up starts again from the restart
+
+
+def test_old_shared_time_keys_load_as_both_branch_distributions(tmp_path):
+    old = tmp_path / "config.yaml"
+    old.write_text("objective: {time_sampler: lognormal, time_mean: 0.0, time_std: 1.6}\n")
+    config = load_config(old)
+    assert config.objective.flow_times == TimeDistribution("lognormal", 0.0, 1.6)
+    assert config.objective.consistency_times == TimeDistribution("lognormal", 0.0, 1.6)
+
+
+@pytest.mark.parametrize("bad", ["objective.guidance_scale=.nan", "train.stages.0.learning_rate=.inf",
+                                 "objective.consistency_teacher=oracle", "objective.flow_times.std=0"])
+def test_non_finite_or_unknown_recipe_values_are_refused(bad):
+    with pytest.raises(ValueError, match=bad.split("=")[0].split(".")[-1].replace("stages", "")):
+        load_config(None, [bad])
+
+
+def test_guided_flow_previews_run_under_cpu_bf16_autocast():
+    """The default model has cross-attention: guided flow sampling concatenates bool text masks, which CPU
+    autocast refused ("Unexpected floating ScalarType") and which ended training at its first preview."""
+    model = make_tiny_model().eval()
+    batch = make_batch()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        images = sample_flow_euler(model, torch.randn_like(batch.latents), batch.text, num_steps=2,
+                                   guidance_scale=1.75)
+    assert images.shape == batch.latents.shape and torch.isfinite(images).all()
+
+
+def test_a_time_limit_stops_the_run_with_a_checkpoint_and_an_export(tmp_path, shared_cache_dir):
+    from eidos.cli.train import default_config_path
+    from eidos.training.loop import train
+    from tests.conftest import tiny_run_overrides
+
+    overrides = tiny_run_overrides(tmp_path / "run", shared_cache_dir, max_steps=1000)
+    final = train(load_config(default_config_path(), [*overrides, "train.time_limit_minutes=0.0001"]))
+    assert (final / "model_index.json").exists()
+    assert [p.name for p in (tmp_path / "run").glob("checkpoint-*")] == ["checkpoint-1"]
+    metrics = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    assert len(metrics) == 1 and '"step": 1,' in metrics[0] and "train_minutes" in metrics[0]
+
+
+def test_train_refuses_a_folder_it_did_not_make_and_resumes_its_own(tmp_path):
+    from eidos.training.run_folder import check_run_folder
+
+    config = load_config(None, ["train.max_steps=100"]).to_dict()
+    check_run_folder(tmp_path / "new", config)  # a new folder is fine
+    foreign = tmp_path / "proj"
+    (foreign / "model").mkdir(parents=True)
+    (foreign / "model" / "net.py").write_text("mine")
+    with pytest.raises(ValueError, match="holds no eidos config.yaml"):
+        check_run_folder(foreign, config)
+    (foreign / "config.yaml").write_text("mine\n")
+    with pytest.raises(ValueError, match="is not an eidos run config"):
+        check_run_folder(foreign, config)
+    assert (foreign / "config.yaml").read_text() == "mine\n" and (foreign / "model" / "net.py").exists()
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(ValueError, match="is a file"):
+        check_run_folder(tmp_path / "afile", config)
+
+    import yaml
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text(yaml.safe_dump(config))
+    check_run_folder(run, load_config(None, ["train.max_steps=300"]).to_dict())  # a longer rerun resumes
+    other = load_config(None, ["train.max_steps=100", "objective.guidance_scale=2.5"]).to_dict()
+    with pytest.raises(ValueError, match=r"another run .*objective.guidance_scale: 1.75 -> 2.5"):
+        check_run_folder(run, other)
