@@ -1,6 +1,14 @@
-"""Shared test fixtures: a very small MaskDiT and an analytic velocity model for Gaussian data."""
+"""Shared test fixtures: a very small MaskDiT, an analytic velocity model for Gaussian data, tiny training runs
+and small real file systems (tmpfs) for full-disk tests."""
 
 from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import subprocess
+import tempfile
+from pathlib import Path
 
 import pytest
 import torch
@@ -103,3 +111,42 @@ def tiny_run_overrides(output_dir, cache_dir, max_steps=60) -> list[str]:
         "train.checkpoint_every=30", "train.sample_every=30", "train.log_every=5",
         "sampling.num_held_out_prompts=2", "sampling.num_train_prompts=2", "sampling.flow_steps=4",
     ]
+
+
+@contextlib.contextmanager
+def mounted_tmpfs(path, size: str, options: str = ""):
+    """A real small file system at `path` (tmpfs of `size`, e.g. "300M"), for full-disk and read-only tests.
+    Mounting needs root (or CAP_SYS_ADMIN); the test is skipped where it is not allowed."""
+    if not tmpfs_available():
+        pytest.skip("cannot mount a tmpfs here (needs root or CAP_SYS_ADMIN)")
+    path.mkdir(parents=True, exist_ok=True)
+    options = ",".join(filter(None, [f"size={size}", options]))
+    subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)], check=True, timeout=30)
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False, timeout=30)
+
+
+@functools.cache
+def tmpfs_available() -> bool:
+    """Whether this process may mount a tmpfs (root or CAP_SYS_ADMIN, and a mount command)."""
+    with tempfile.TemporaryDirectory() as folder:
+        try:
+            mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1M", "tmpfs", folder], capture_output=True,
+                                     timeout=30)
+        except FileNotFoundError:
+            return False
+        if mounted.returncode == 0:
+            subprocess.run(["umount", folder], check=False, timeout=30)
+        return mounted.returncode == 0
+
+
+def fill_to(path, free_bytes: int) -> Path:
+    """Fill the file system holding `path` until about `free_bytes` are left; returns the filler file."""
+    stats = os.statvfs(path)
+    filler = Path(path) / "filler"
+    size = stats.f_bavail * stats.f_frsize - free_bytes
+    with open(filler, "wb") as handle:
+        os.posix_fallocate(handle.fileno(), 0, size)
+    return filler
