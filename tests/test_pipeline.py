@@ -166,3 +166,24 @@ def test_loads_in_a_fresh_offline_process(saved, tmp_path):
     from PIL import Image
 
     assert np.array_equal(np.asarray(Image.open(out)), here)
+
+
+def test_export_writes_new_folders_and_replaces_an_eidos_export_only_with_overwrite(saved, tmp_path, capsys):
+    from eidos.cli.main import main
+    from eidos.sampling.pipeline import is_eidos_export, save_pipeline
+
+    out = tmp_path / "exports" / "model"
+    assert main(["export", "--checkpoint", str(saved), "--out", str(out)]) == 0
+    assert is_eidos_export(out) and not is_eidos_export(saved.parent)
+    (out / "transformer" / "stale.txt").write_text("from before")  # to see that the folder is replaced whole
+    assert main(["export", "--checkpoint", str(saved), "--out", str(out)]) == 2
+    assert "pass --overwrite" in capsys.readouterr().err and (out / "transformer" / "stale.txt").exists()
+    assert main(["export", "--checkpoint", str(saved), "--out", str(out), "--overwrite"]) == 0
+    assert not (out / "transformer" / "stale.txt").exists()
+    assert [p.name for p in out.parent.iterdir()] == ["model"]  # no temp or old folder left beside it
+    EidosPipeline.from_pretrained(out)
+    (tmp_path / "empty").mkdir()
+    save_pipeline(EidosPipeline.from_pretrained(saved), tmp_path / "empty")  # an empty folder is fine too
+    assert is_eidos_export(tmp_path / "empty")
+    with pytest.raises(ValueError, match="is not empty and is not an eidos export"):
+        save_pipeline(EidosPipeline.from_pretrained(saved), tmp_path / "exports")

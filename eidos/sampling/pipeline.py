@@ -11,7 +11,9 @@ sampler with sigma = s and the model's velocity as its output). `model_index.jso
 
 from __future__ import annotations
 
+import json
 import shutil
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -162,15 +164,53 @@ class EidosPipeline(DiffusionPipeline):
 
 
 def save_pipeline(pipeline: EidosPipeline, folder: str | Path) -> None:
-    """`save_pretrained` into a temp folder, then rename over any previous export (never half-written)."""
+    """`save_pretrained` into a new hidden sibling, then renamed into place: a crash never leaves half an export.
+
+    `folder` may be missing, empty or an earlier eidos export, which is replaced; anything else is refused
+    (`check_export_folder`) and left untouched.
+    """
     folder = Path(folder)
-    tmp = folder.with_name(folder.name + ".tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    pipeline.save_pretrained(tmp)
+    check_export_folder(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _new_sibling(folder, "tmp")
+    try:
+        pipeline.save_pretrained(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    old = None
     if folder.exists():
-        shutil.rmtree(folder)
+        old = _new_sibling(folder, "old")
+        folder.rename(old)  # onto the empty `old` folder: a rename, so `folder` is never half-written
     tmp.rename(folder)
+    if old is not None:
+        shutil.rmtree(old)
+
+
+def check_export_folder(folder: Path, name: str = "export folder") -> None:
+    """Refuse (ValueError) to write an export into `folder` unless it is missing, empty or an eidos export;
+    `name` is how the message calls it (e.g. "--out")."""
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"{name} {folder} is a file, not a folder; choose another folder")
+    if folder.is_dir() and any(folder.iterdir()) and not is_eidos_export(folder):
+        raise ValueError(f"{name} {folder} is not empty and is not an eidos export (no model_index.json naming "
+                         f"{EidosPipeline.__name__}); not replacing it: choose a new or empty folder")
+
+
+def is_eidos_export(folder: str | Path) -> bool:
+    """Whether `folder` holds a pipeline eidos wrote: its model_index.json names EidosPipeline."""
+    try:
+        index = json.loads((Path(folder) / "model_index.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(index, dict) and index.get("_class_name") == EidosPipeline.__name__
+
+
+def _new_sibling(folder: Path, label: str) -> Path:
+    """A new, empty hidden folder next to `folder` (a name nobody else uses)."""
+    path = folder.with_name(f".{folder.name}.{uuid.uuid4().hex[:8]}.{label}")
+    path.mkdir()
+    return path
 
 
 def is_pipeline_folder(folder: str | Path) -> bool:
