@@ -9,7 +9,7 @@ from PIL import Image
 from eidos.cli.main import main
 from eidos.cli.train import default_config_path
 from eidos.config import load_config
-from eidos.data.cache import is_complete, read_cache
+from eidos.data.cache import read_cache
 from eidos.data.encode import to_rgb_square
 from eidos.training.loop import train
 from tests.test_shards import make_folder
@@ -38,7 +38,7 @@ def test_encode_then_train_from_the_caches(tmp_path, capsys):
     files = sorted((tmp_path / "cache").glob("*.h5"))
     assert [f.name for f in files] == ["shard-00000.h5", "shard-00001.h5"]
     first = read_cache(files[0], {"codec": "pixels", "text_encoder": "minilm", "resolution": 16})
-    assert first.keys == ["a", "cmyk", "grey"] and first.captions[0] == "red apple ☃"
+    assert first.keys == ["000000000", "000000002", "000000004"] and first.captions[0] == "red apple ☃"
     assert first.latent_mean.shape == (3, 3, 16, 16) and first.text.tokens.shape == (3, 16, 384)
     grey = first.latent_mean[2].float()
     assert torch.allclose(grey[0], grey[1], atol=1e-2) and torch.allclose(grey[1], grey[2], atol=1e-2)  # L -> RGB
@@ -86,13 +86,13 @@ def test_truncated_shards_keep_the_complete_samples_before_the_cut(tmp_path, cap
         cached = read_cache(tmp_path / "cache" / f"{name}.h5")
         assert cached.keys == ["s0", "s1", "s2"] and cached.captions == ["caption 0", "caption 1", "caption 2"]
     assert not (tmp_path / "cache" / "empty.h5").exists()
-    assert not is_complete(tmp_path / "cache" / "mid-member.h5")  # marked, so that a rerun redoes it
+    assert not read_cache(tmp_path / "cache" / "mid-member.h5").attributes["complete"]  # so a rerun redoes it
     (tmp_path / "shards" / "mid-member.tar").write_bytes(data)  # the shard, downloaded again whole
     assert main(["data", "encode", "--shards", str(tmp_path / "shards" / "*.tar"), "--out", str(tmp_path / "cache"),
                  "--resolution", "8"]) == 0
     assert "encoded 8 samples from 3 shard(s)" in capsys.readouterr().out  # 5 now whole + 3 + 0, redone
     assert read_cache(tmp_path / "cache" / "mid-member.h5").keys == [f"s{i}" for i in range(5)]
-    assert is_complete(tmp_path / "cache" / "mid-member.h5")
+    assert read_cache(tmp_path / "cache" / "mid-member.h5").attributes["complete"]
 
 
 def test_each_encode_process_reads_its_shards_whole(tmp_path, monkeypatch):
@@ -129,3 +129,41 @@ def test_reading_ahead_with_decode_threads_gives_the_shards_in_order_unchanged(t
     with ThreadPoolExecutor(2) as pool:
         assert read_shard(shards[0], 16, Counter(), pool).keys == plain[0].keys
     assert list(read_shards_ahead([], 16, Counter(), threads=2)) == []
+
+
+def test_encode_redoes_a_cache_whose_shard_changed_and_names_caches_of_shards_that_are_gone(tmp_path, capsys):
+    import h5py
+
+    from eidos.data.shards import ShardSample, write_shards
+
+    def shards(captions: list[str], per_shard: int) -> None:
+        samples = [ShardSample(f"{i:09d}", to_png(i), "png", c) for i, c in enumerate(captions)]
+        write_shards(samples, tmp_path / "shards", samples_per_shard=per_shard)
+
+    def to_png(seed: int) -> bytes:
+        buffer = io.BytesIO()
+        Image.fromarray(np.random.default_rng(seed).integers(0, 255, (8, 8, 3), dtype=np.uint8)).save(buffer, "PNG")
+        return buffer.getvalue()
+
+    args = ["data", "encode", "--shards", str(tmp_path / "shards" / "*.tar"), "--out", str(tmp_path / "cache"),
+            "--resolution", "8"]
+    shards(["a", "b", "c", "d"], per_shard=2)
+    assert main(args) == 0
+    capsys.readouterr()
+    shards(["new a", "new b", "new c"], per_shard=3)  # regenerated: one shard now, same name as the old first one
+    (tmp_path / "shards" / "shard-00001.tar").unlink()
+    assert main(args) == 0
+    out, err = capsys.readouterr()
+    assert "encoded 3 samples from 1 shard(s) (0 already done)" in out  # the name matched, the contents did not
+    assert read_cache(tmp_path / "cache" / "shard-00000.h5").captions == ["new a", "new b", "new c"]
+    assert f"shard-00001.h5 was made from {tmp_path / 'shards' / 'shard-00001.tar'}, which no longer exists" in err
+    assert (tmp_path / "cache" / "shard-00001.h5").exists()  # named, never deleted
+
+    assert main(args) == 0
+    assert "encoded 0 samples from 0 shard(s) (1 already done)" in capsys.readouterr().out
+    for changed in ([], ["--resolution", "16"]):  # a cache from before the source record, then other settings
+        if not changed:
+            with h5py.File(tmp_path / "cache" / "shard-00000.h5", "a") as f:
+                del f.attrs["source_mtime_ns"]
+        assert main([*args, *changed]) == 0
+        assert "encoded 3 samples from 1 shard(s) (0 already done)" in capsys.readouterr().out

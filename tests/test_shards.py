@@ -48,15 +48,16 @@ def test_image_folder_shards_are_read_back_by_webdataset_and_tarfile(tmp_path):
     assert report.skipped == {"undecodable image": 2, "missing or empty caption": 2}
 
     dataset = wds.WebDataset([str(p) for p in report.shards], shardshuffle=False).decode("pil")
-    read = {s["__key__"]: s for s in dataset}
-    assert set(read) == {"a", "sub_b", "grey", "cmyk", "w"}
-    assert read["a"]["txt"] == "red apple ☃" and read["sub_b"]["txt"] == "a photo"
-    assert read["a"]["png"].size == (32, 32) and "jpg" in read["sub_b"] and "png" in read["w"]  # webp -> png
-    assert read["a"]["json"]["caption"] == "red apple ☃"
+    read = {s["json"]["file"]: s for s in dataset}  # keyed by number; the file's path is in the .json
+    assert set(read) == {"a.png", "sub/b.jpg", "grey.png", "cmyk.jpg", "w.webp"}
+    assert read["a.png"]["txt"] == "red apple ☃" and read["sub/b.jpg"]["txt"] == "a photo"
+    assert read["a.png"]["png"].size == (32, 32) and "jpg" in read["sub/b.jpg"] and "png" in read["w.webp"]
+    assert read["a.png"]["json"]["caption"] == "red apple ☃" and read["a.png"]["__key__"] == "000000000"
     with tarfile.open(report.shards[0]) as tar:  # plain tarfile: the first two samples in path order
         names = sorted(tar.getnames())
-        caption = tar.extractfile("a.txt").read().decode()
-    assert names == ["a.json", "a.png", "a.txt", "cmyk.jpg", "cmyk.json", "cmyk.txt"]
+        caption = tar.extractfile("000000000.txt").read().decode()
+    assert names == ["000000000.json", "000000000.png", "000000000.txt", "000000002.jpg", "000000002.json",
+                     "000000002.txt"]  # a.png and cmyk.jpg (broken.jpg, number 1, was skipped)
     assert caption == "red apple ☃"
 
 
@@ -65,8 +66,8 @@ def test_captions_file(tmp_path):
     (tmp_path / "captions.jsonl").write_text(
         json.dumps({"file": "a.png", "caption": "from jsonl"}) + "\n" + json.dumps({"image": "b.jpg", "text": "b"}))
     report = write_shards(image_folder_samples(tmp_path / "images", tmp_path / "captions.jsonl"), tmp_path / "s")
-    read = {s["__key__"]: s["txt"] for s in wds.WebDataset([str(p) for p in report.shards], shardshuffle=False)}
-    assert {k: v.decode() for k, v in read.items()} == {"a": "from jsonl", "sub_b": "b"}
+    dataset = wds.WebDataset([str(p) for p in report.shards], shardshuffle=False).decode()
+    assert {s["json"]["file"]: s["txt"] for s in dataset} == {"a.png": "from jsonl", "sub/b.jpg": "b"}
     assert report.skipped["missing or empty caption"] == 7  # everything the file does not name, broken included
 
 

@@ -72,28 +72,38 @@ def run_encode(args: argparse.Namespace) -> int:
     from accelerate import PartialState
     from tqdm.auto import tqdm
 
+    from eidos.cli.checks import check_model_reference, check_writable_folder
     from eidos.config import EncodersConfig
-    from eidos.data.cache import is_complete
-    from eidos.data.encode import encode_shard, read_shards_ahead
+    from eidos.data.cache import is_up_to_date
+    from eidos.data.encode import check_shard_names, encode_shard, read_shards_ahead, stale_caches
     from eidos.encoders import load_codec, load_text_encoder
 
     max_length = args.text_max_length or (77 if args.text_encoder == "clip" else 16)
     EncodersConfig(codec=args.codec, text=args.text_encoder, text_max_length=max_length)  # validate the names
+    check_model_reference(args.codec, "--codec")
+    check_model_reference(args.text_encoder, "--text-encoder")
     if args.resolution < 8 or args.resolution % 8:
         raise ValueError(f"--resolution must be a multiple of 8, got {args.resolution}")
-    if args.decode_threads < 1:
-        raise ValueError(f"--decode-threads must be >= 1, got {args.decode_threads}")
-    shards = sorted(Path(p) for p in glob.glob(args.shards))
+    if args.decode_threads < 1 or args.batch_size < 1:
+        raise ValueError(f"--decode-threads and --batch-size must be >= 1, got {args.decode_threads} and "
+                         f"{args.batch_size}")
+    shards = sorted(Path(p) for p in glob.glob(os.path.expanduser(args.shards)))
     if not shards:
         raise FileNotFoundError(f"--shards {args.shards!r} matches no file")
+    check_shard_names(shards)
+    out = Path(args.out).expanduser()
+    check_writable_folder(out, "--out")
     state = PartialState(cpu=not torch.cuda.is_available())
     mine = shards[state.process_index :: state.num_processes]  # each process its own shards
-    out = Path(args.out)
-    todo = [s for s in mine if not is_complete(out / f"{s.stem}.h5")]  # new shards, and damaged ones again
-    codec = load_codec(args.codec).to(state.device).eval()
-    text_encoder = load_text_encoder(args.text_encoder, max_length, state.device)
     attributes = {"codec": args.codec, "text_encoder": args.text_encoder, "text_max_length": max_length,
                   "resolution": args.resolution}
+    # new shards, changed ones, damaged ones again, and caches made with other settings
+    todo = [s for s in mine if not is_up_to_date(out / f"{s.stem}.h5", s, attributes)]
+    if state.is_main_process:
+        for stale in stale_caches(out, shards):
+            print(f"warning: {stale}; a glob of {out}/*.h5 still reads it: delete it if it is stale", file=sys.stderr)
+    codec = load_codec(args.codec).to(state.device).eval()
+    text_encoder = load_text_encoder(args.text_encoder, max_length, state.device)
     skipped: Counter = Counter()
     written = 0
     progress = tqdm(read_shards_ahead(todo, args.resolution, skipped, args.decode_threads), total=len(todo),
@@ -111,6 +121,7 @@ def run_encode(args: argparse.Namespace) -> int:
 
 
 def run_shards(args: argparse.Namespace) -> int:
+    from eidos.cli.checks import check_writable_folder
     from eidos.data import openmoji
     from eidos.data.shards import image_folder_samples, openmoji_samples, write_shards
 
@@ -118,6 +129,7 @@ def run_shards(args: argparse.Namespace) -> int:
         raise ValueError(f"--samples-per-shard must be >= 1, got {args.samples_per_shard}")
     if args.captions and not args.images:
         raise ValueError("--captions goes with --images")
+    check_writable_folder(args.out, "--out")
     not_included = {}
     if args.openmoji:
         items, not_included = openmoji.list_emoji(args.skin_tone_variants)

@@ -7,7 +7,9 @@ Datasets, one row per sample (chunked per sample):
   text_pooled                 (N, D)       float16  pooled text vector
   caption, key                (N,)         utf-8 strings
 File attributes record format_version, codec, text_encoder, text_max_length, resolution, scaling_factor;
-a reader refuses a file whose attributes do not match what the config asks for.
+a reader refuses a file whose attributes do not match what the config asks for. A cache encoded from a shard
+also records the shard (source, source_size, source_mtime_ns) and whether it was whole (complete), so that
+`eidos data encode` redoes it when the shard changes.
 """
 
 from __future__ import annotations
@@ -82,22 +84,39 @@ def write_cache(path: str | Path, encoded: EncodedSet) -> None:
 def read_cache(path: str | Path, expected: dict | None = None) -> EncodedSet:
     """Load a whole cache file into memory, after checking its attributes against `expected`."""
     path = Path(path)
+    handle = open_cache(path)
+    try:
+        with handle as f:
+            attributes = checked_attributes(f, path, expected)
+            return EncodedSet(
+                latent_mean=torch.from_numpy(f["latent_mean"][:]),
+                latent_logstd=torch.from_numpy(f["latent_logstd"][:]),
+                text=TextEmbeddings(
+                    pooled=torch.from_numpy(f["text_pooled"][:]),
+                    tokens=torch.from_numpy(f["text_tokens"][:]),
+                    mask=torch.from_numpy(f["text_mask"][:]),
+                ),
+                captions=decode_strings(f["caption"][:]),
+                keys=decode_strings(f["key"][:]),
+                attributes=attributes,
+            )
+    except OSError as error:  # h5py's error for data it cannot read
+        raise damaged(path, error) from None
+
+
+def open_cache(path: Path) -> h5py.File:
+    """Cache file `path` opened for reading; a missing file is FileNotFoundError, an unreadable one ValueError."""
     if not path.exists():
         raise FileNotFoundError(f"cache file {path} does not exist")
-    with h5py.File(path, "r") as f:
-        attributes = checked_attributes(f, path, expected)
-        return EncodedSet(
-            latent_mean=torch.from_numpy(f["latent_mean"][:]),
-            latent_logstd=torch.from_numpy(f["latent_logstd"][:]),
-            text=TextEmbeddings(
-                pooled=torch.from_numpy(f["text_pooled"][:]),
-                tokens=torch.from_numpy(f["text_tokens"][:]),
-                mask=torch.from_numpy(f["text_mask"][:]),
-            ),
-            captions=decode_strings(f["caption"][:]),
-            keys=decode_strings(f["key"][:]),
-            attributes=attributes,
-        )
+    try:
+        return h5py.File(path, "r")
+    except OSError as error:
+        raise damaged(path, error) from None
+
+
+def damaged(path: Path, error: OSError) -> ValueError:
+    return ValueError(f"cache file {path} is damaged or not an HDF5 cache ({error}); encode its shard again "
+                      "(eidos data encode) or leave it out of data.train_files / data.held_out_files")
 
 
 def checked_attributes(f: h5py.File, path: Path, expected: dict | None) -> dict:
@@ -111,12 +130,30 @@ def checked_attributes(f: h5py.File, path: Path, expected: dict | None) -> dict:
     return attributes
 
 
-def is_complete(path: Path) -> bool:
-    """Whether a cache file exists and was written from a whole shard (`eidos data encode` redoes the others)."""
-    if not path.exists():
+def source_stamp(path: Path) -> dict:
+    """What a cache records of the shard it was made from: its size and modification time."""
+    stat = path.stat()
+    return {"source_size": stat.st_size, "source_mtime_ns": stat.st_mtime_ns}
+
+
+def cache_attributes_of(path: Path) -> dict | None:
+    """The attributes of cache file `path`, or None when it is missing or not a readable HDF5 file."""
+    try:
+        with h5py.File(path, "r") as f:
+            return {k: (v.item() if isinstance(v, np.generic) else v) for k, v in f.attrs.items()}
+    except OSError:  # missing, cut short, not HDF5: h5py raises OSError for each
+        return None
+
+
+def is_up_to_date(path: Path, shard: Path, expected: dict) -> bool:
+    """Whether cache `path` was encoded from `shard` as it is now (same size and modification time), from the
+    whole shard, with the `expected` attributes; `eidos data encode` redoes any other (also an unreadable one,
+    or one older eidos wrote without a source record)."""
+    found = cache_attributes_of(path)
+    if found is None or not found.get("complete", True):
         return False
-    with h5py.File(path, "r") as f:
-        return bool(f.attrs.get("complete", True))
+    wanted = {**expected, **source_stamp(shard)}
+    return all(found.get(name) == value for name, value in wanted.items())
 
 
 def decode_strings(values) -> list[str]:

@@ -20,7 +20,8 @@ import torch
 import webdataset as wds
 from PIL import Image
 
-from eidos.data.cache import FORMAT_VERSION, EncodedSet, write_cache
+from eidos.data.cache import FORMAT_VERSION, EncodedSet, cache_attributes_of, source_stamp, write_cache
+from eidos.data.shards import IMAGE_ERRORS
 from eidos.encoders.codecs import encode_moments, scaling_factor
 
 logger = logging.getLogger(__name__)
@@ -96,12 +97,14 @@ class ShardContents:
     captions: list[str]
     images: list[np.ndarray]
     whole: bool
+    stamp: dict  # the shard's size and modification time when it was read (cache.source_stamp)
 
 
 def read_shard(path: Path, resolution: int, skipped: Counter, pool: Executor | None = None) -> ShardContents:
     """The good samples of one shard; bad ones are counted in `skipped`. Images are decoded by `pool`'s threads
     when given (PIL releases the GIL while decoding), in sample order either way."""
     raw: list[tuple[str, str, bytes]] = []
+    stamp = source_stamp(path)  # before reading: a shard replaced meanwhile then looks changed next time
     damaged_before = skipped[TRUNCATED]
     for sample in shard_samples(path, skipped):
         usable = caption_and_image(sample)
@@ -111,7 +114,7 @@ def read_shard(path: Path, resolution: int, skipped: Counter, pool: Executor | N
             raw.append((sample["__key__"], *usable))
     whole = skipped[TRUNCATED] == damaged_before
     decoded = (pool.map if pool is not None else map)(lambda item: decode_square(item[2], resolution), raw)
-    contents = ShardContents(path, [], [], [], whole)
+    contents = ShardContents(path, [], [], [], whole, stamp)
     for (key, caption, _), image in zip(raw, decoded, strict=True):
         if image is None:
             skipped["undecodable image"] += 1
@@ -134,10 +137,10 @@ def caption_and_image(sample: dict) -> tuple[str, bytes] | str:
 
 
 def decode_square(data: bytes, resolution: int) -> np.ndarray | None:
-    """to_rgb_square, or None for an image that cannot be decoded."""
+    """to_rgb_square, or None for an image that cannot (or, a decompression bomb, must not) be decoded."""
     try:
         return to_rgb_square(data, resolution)
-    except (OSError, SyntaxError, ValueError):
+    except IMAGE_ERRORS:
         return None
 
 
@@ -174,7 +177,35 @@ def encode_shard(contents: ShardContents, out: Path, codec, text_encoder, attrib
         return 0
     mean, logstd = encode_images(codec, np.stack(contents.images), batch_size, device)
     meta = {**attributes, "format_version": FORMAT_VERSION, "scaling_factor": scaling_factor(codec),
-            "source": str(contents.path), "complete": contents.whole}
+            "source": str(contents.path), **contents.stamp, "complete": contents.whole}
     write_cache(out, EncodedSet(mean, logstd, text_encoder.encode(contents.captions), contents.captions,
                                 contents.keys, meta))
     return len(contents.keys)
+
+
+def check_shard_names(shards: list[Path]) -> None:
+    """Refuse shards that share a file name: their caches (out/{name}.h5) would overwrite each other."""
+    seen: dict[str, Path] = {}
+    for shard in shards:
+        if shard.stem in seen:
+            raise ValueError(f"--shards matches two shards named {shard.stem} ({seen[shard.stem]} and {shard}); their "
+                             "caches would overwrite each other: encode them into different --out folders")
+        seen[shard.stem] = shard
+
+
+def stale_caches(out: Path, shards: list[Path]) -> list[str]:
+    """Caches in `out` made from a shard that is gone or has changed and is not being encoded now: a glob of
+    out/*.h5 would still read them. Reported, never deleted (they may be all that is left of a shard)."""
+    current = {shard.stem for shard in shards}
+    found = []
+    for cache in sorted(out.glob("*.h5")):
+        attributes = cache_attributes_of(cache) or {}
+        if cache.stem in current or not attributes.get("source"):
+            continue
+        source = Path(str(attributes["source"]))
+        recorded = {name: attributes.get(name) for name in ("source_size", "source_mtime_ns")}
+        if not source.exists():
+            found.append(f"{cache} was made from {source}, which no longer exists")
+        elif recorded["source_size"] is not None and recorded != source_stamp(source):
+            found.append(f"{cache} was made from {source}, which has changed since")
+    return found

@@ -1,8 +1,13 @@
 """Webdataset shards in img2dataset's layout ({key}.jpg|png + {key}.txt + {key}.json), so every data source
 (an img2dataset download, a folder of images, the embedded OpenMoji set) enters through the same door.
 
-Bad samples never stop a run: an undecodable image or a missing/empty caption is skipped and counted by
-reason; images in other modes (grey, CMYK, palette, alpha) are converted to RGB by the encode step.
+Bad samples never stop a run: an undecodable image (a decompression bomb included), a missing or empty caption
+or a caption file that is not UTF-8 is skipped and counted by reason; images in other modes (grey, CMYK,
+palette, alpha) are converted to RGB by the encode step.
+
+Keys are what webdataset groups a sample's files by, up to the first dot of a member name: they must hold no dot
+and no slash, and be unique. An image folder's samples are keyed by their number (`000000012`); the file's path
+relative to the folder is kept in the sample's .json as "file".
 """
 
 from __future__ import annotations
@@ -21,6 +26,10 @@ from PIL import Image
 
 logger = logging.getLogger(__name__)
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
+# What PIL raises for an image it cannot or will not decode: damaged data (OSError, SyntaxError, ValueError) and
+# a header declaring more than twice Image.MAX_IMAGE_PIXELS (a decompression bomb: a few KB that would decode
+# into gigabytes).
+IMAGE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
 
 
 @dataclass
@@ -43,31 +52,46 @@ def write_shards(samples: Iterable[ShardSample | tuple[str, str]], out_dir: str 
                  prefix: str = "shard") -> ShardReport:
     """Write `samples` into out_dir/{prefix}-00000.tar, ... with webdataset's TarWriter.
 
-    Items may be (reason, key) tuples for samples a source already rejected; they are counted, not written.
+    Items may be (reason, name) tuples for samples a source already rejected; they are counted, not written.
+    A tar is always closed (terminated) whatever stops the writing.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     report = ShardReport()
+    keys: set[str] = set()
     writer = None
-    for sample in samples:
-        if isinstance(sample, tuple):
-            reason, key = sample
-            report.skipped[reason] += 1
-            logger.warning("skipped %s: %s", key, reason)
-            continue
-        if report.written % samples_per_shard == 0:
-            if writer is not None:
-                writer.close()
-            path = out_dir / f"{prefix}-{len(report.shards):05d}.tar"
-            writer = wds.TarWriter(str(path))
-            report.shards.append(path)
-        meta = {"key": sample.key, "caption": sample.caption, **sample.meta}
-        writer.write({"__key__": sample.key, sample.extension: sample.image, "txt": sample.caption,
-                      "json": json.dumps(meta).encode()})
-        report.written += 1
-    if writer is not None:
-        writer.close()
+    try:
+        for sample in samples:
+            if isinstance(sample, tuple):
+                reason, name = sample
+                report.skipped[reason] += 1
+                logger.warning("skipped %s: %s", name, reason)
+                continue
+            check_key(sample.key, keys)
+            if report.written % samples_per_shard == 0:
+                if writer is not None:
+                    writer.close()
+                path = out_dir / f"{prefix}-{len(report.shards):05d}.tar"
+                writer = wds.TarWriter(str(path))
+                report.shards.append(path)
+            meta = {"key": sample.key, "caption": sample.caption, **sample.meta}
+            writer.write({"__key__": sample.key, sample.extension: sample.image, "txt": sample.caption,
+                          "json": json.dumps(meta).encode()})
+            report.written += 1
+    finally:
+        if writer is not None:
+            writer.close()
     return report
+
+
+def check_key(key: str, seen: set[str]) -> None:
+    """Refuse a key webdataset would split (a dot), nest (a slash) or merge with another sample (a repeat)."""
+    if not key or "." in key or "/" in key:
+        raise ValueError(f"sample key {key!r} must be non-empty, without '.' (webdataset splits keys at the first "
+                         "dot) and without '/'")
+    if key in seen:
+        raise ValueError(f"sample key {key!r} is used twice; webdataset would merge the two samples")
+    seen.add(key)
 
 
 def _checked_image(path: Path) -> tuple[bytes, str] | str:
@@ -84,51 +108,80 @@ def _checked_image(path: Path) -> tuple[bytes, str] | str:
             buffer = io.BytesIO()
             image.save(buffer, format="PNG")
             return buffer.getvalue(), "png"
-    except (OSError, SyntaxError, ValueError):
+    except IMAGE_ERRORS:
         return "undecodable image"
 
 
 def read_captions(captions_file: Path) -> dict[str, str]:
     """file name -> caption from a csv (columns file/image and caption/text) or jsonl (same keys)."""
-    rows: list[dict] = []
-    if captions_file.suffix == ".jsonl":
-        rows = [json.loads(line) for line in captions_file.read_text().splitlines() if line.strip()]
-    elif captions_file.suffix in (".csv", ".tsv"):
-        with open(captions_file, newline="") as handle:
-            rows = list(csv.DictReader(handle, delimiter="\t" if captions_file.suffix == ".tsv" else ","))
-    else:
+    if captions_file.suffix not in (".jsonl", ".csv", ".tsv"):
         raise ValueError(f"captions file {captions_file} must be .csv, .tsv or .jsonl")
+    try:
+        text = captions_file.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = captions_file.read_bytes()[: error.start].count(b"\n") + 1
+        raise ValueError(f"captions file {captions_file} is not UTF-8 text (line {line}); save it as UTF-8") from None
+    if captions_file.suffix == ".jsonl":
+        rows = []
+        for number, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as error:
+                raise ValueError(f"captions file {captions_file} line {number} is not JSON ({error})") from None
+    else:
+        rows = list(csv.DictReader(io.StringIO(text, newline=""),
+                                   delimiter="\t" if captions_file.suffix == ".tsv" else ","))
     captions = {}
     for number, row in enumerate(rows, start=1):
+        if not isinstance(row, dict):
+            raise ValueError(f"{captions_file} row {number} is not an object with file and caption: {row!r}")
         name, caption = row.get("file") or row.get("image"), row.get("caption") or row.get("text")
         if name is None:
             raise ValueError(f"{captions_file} row {number} has no 'file' (or 'image') column: {row}")
-        captions[Path(name).name] = caption or ""
+        captions[Path(str(name)).name] = "" if caption is None else str(caption)
     return captions
 
 
 def image_folder_samples(images: str | Path, captions_file: str | Path | None = None) -> Iterator:
-    """Samples from an image folder (recursive): captions from sidecar {stem}.txt files or a captions file."""
+    """Samples from an image folder (recursive): captions from sidecar {stem}.txt files or a captions file.
+
+    The n-th image in path order is keyed `f"{n:09d}"`; rejected ones are (reason, path) tuples.
+    """
     images = Path(images)
     if not images.is_dir():
         raise FileNotFoundError(f"image folder {images} does not exist")
     captions = read_captions(Path(captions_file)) if captions_file else None
-    for path in sorted(p for p in images.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES):
-        key = path.relative_to(images).with_suffix("").as_posix().replace("/", "_")
+    paths = sorted(p for p in images.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    for number, path in enumerate(paths):
         if captions is not None:
             caption = captions.get(path.name, "")
         else:
-            sidecar = path.with_suffix(".txt")
-            caption = sidecar.read_text().strip() if sidecar.exists() else ""
+            caption = _sidecar_caption(path.with_suffix(".txt"))
+            if caption is None:
+                yield ("caption file is not UTF-8 text", str(path.with_suffix(".txt")))
+                continue
         if not caption.strip():
-            yield ("missing or empty caption", key)
+            yield ("missing or empty caption", str(path))
             continue
         checked = _checked_image(path)
         if isinstance(checked, str):
-            yield (checked, key)
+            yield (checked, str(path))
             continue
         data, extension = checked
-        yield ShardSample(key, data, extension, caption.strip(), {"source": str(path)})
+        relative = path.relative_to(images).as_posix()
+        yield ShardSample(f"{number:09d}", data, extension, caption.strip(), {"file": relative, "source": str(path)})
+
+
+def _sidecar_caption(path: Path) -> str | None:
+    """The caption in sidecar `path` ("" when there is none), or None when it is not UTF-8."""
+    if not path.is_file():
+        return ""
+    try:
+        return path.read_bytes().decode("utf-8").strip()
+    except UnicodeDecodeError:
+        return None
 
 
 def openmoji_samples(items) -> Iterator[ShardSample]:

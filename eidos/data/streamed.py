@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from eidos.data.batch import TextEmbeddings
-from eidos.data.cache import EncodedSet, checked_attributes, decode_strings
+from eidos.data.cache import EncodedSet, checked_attributes, decode_strings, open_cache
 
 _ARRAYS = ("latent_mean", "latent_logstd", "text_pooled", "text_tokens", "text_mask")
 
@@ -44,9 +44,7 @@ class StreamedCache:
         self.paths = [Path(p) for p in paths]
         counts, shapes = [], set()
         for path in self.paths:
-            if not path.exists():
-                raise FileNotFoundError(f"cache file {path} does not exist")
-            with h5py.File(path, "r") as f:
+            with open_cache(path) as f:
                 self.attributes = checked_attributes(f, path, expected)
                 counts.append(len(f["latent_mean"]))
                 shapes.add((f["latent_mean"].shape[1:], f["text_pooled"].shape[1]))
