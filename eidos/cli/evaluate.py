@@ -49,18 +49,23 @@ def run_config_path(model_folder: Path) -> Path | None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from eidos.cli.checks import check_device, load_user_config
     from eidos.cli.sample import resolve_model_folder
     from eidos.cli.train import default_config_path
-    from eidos.config import load_config
 
     if any(n < 1 for n in args.consistency_steps) or (args.flow_steps or 0) < 0:
         raise ValueError("--consistency-steps must be >= 1 and --flow-steps >= 0")
+    for flag in ("max_prompts", "max_references", "batch_size"):
+        value = getattr(args, flag)
+        if value is not None and value < 1:
+            raise ValueError(f"--{flag.replace('_', '-')} must be >= 1, got {value}")
+    check_device(args.device)
     model_folder = resolve_model_folder(args.checkpoint)
     config_path = args.config or run_config_path(model_folder)
     if config_path is None:
         raise ValueError(f"{model_folder} is not inside a run folder with a {RUN_CONFIG}: name the config of the "
                          f"data to evaluate on with --config (e.g. {default_config_path()} for OpenMoji)")
-    config = load_config(config_path, args.overrides)  # validated before anything heavy loads
+    config = load_user_config(config_path, args.overrides)  # validated before anything heavy loads
     rows = evaluate_model(model_folder, config, args)
     print_rows(rows, args)
     if args.out:

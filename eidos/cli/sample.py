@@ -42,11 +42,13 @@ def resolve_model_folder(path: str | Path) -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
+    from eidos.cli.checks import check_device
     from eidos.sampling.grid import labelled_grid
     from eidos.sampling.pipeline import EidosPipeline
 
     if args.steps < 1 or args.num_seeds < 1:
         raise ValueError("--steps and --num-seeds must be >= 1")
+    check_device(args.device)
     pipeline = EidosPipeline.from_pretrained(resolve_model_folder(args.checkpoint)).to(args.device)
     pipeline.set_progress_bar_config(disable=True)
     guidance = {"guidance_scale": args.guidance_scale} if args.sampler == "flow" else {}

@@ -7,7 +7,7 @@ import os
 import sys
 from importlib import resources
 
-from eidos.config import load_config
+from eidos.cli.checks import check_writable_folder, load_user_config
 
 DEFAULT_CONFIG = "eidos/config.yaml (the embedded OpenMoji default)"
 
@@ -35,11 +35,12 @@ def config_from_args(args: argparse.Namespace):
         value = getattr(args, flag)
         if value is not None:
             overrides.append(f"{key}={value}")
-    return load_config(args.config or default_config_path(), overrides)
+    return load_user_config(args.config or default_config_path(), overrides)
 
 
 def run(args: argparse.Namespace) -> int:
     config = config_from_args(args)  # validated before any heavy import or work
+    check_writable_folder(config.train.output_dir, "train.output_dir")
     from eidos.training.checkpoint import CheckpointError
     from eidos.training.faults import NonFiniteTraining, TrainingInterrupted
     from eidos.training.loop import train
