@@ -25,7 +25,7 @@ logger = logging.getLogger(__name__)
 
 TIME_SAMPLERS = ("lognormal", "logit_normal")
 TANGENTS = ("jvp", "finite_difference")
-TEACHERS = ("flow_branch", "sample")
+TEACHERS = ("frozen", "flow_branch", "sample")
 
 
 def _require(ok: bool, key: str, value, allowed: str) -> None:
@@ -60,9 +60,11 @@ class ObjectiveConfig:
     fm_weight, consistency_weight, mae_weight: weights of the three loss parts; consistency_weight=0 gives plain
         flow matching (no JVP), mae_weight only matters when tokens are masked.
     text_dropout: probability of replacing a sample's text by the null text (trains the unconditional branch).
-    consistency_teacher: where the consistency branch's velocity comes from. "flow_branch": the model's own
-        flow branch (no gradient), guided; the flow anchor then learns plain conditional flow. "sample":
-        u = eps - x0 of the one sample, with guidance baked into both branches' targets.
+    consistency_teacher: where the consistency branch's velocity comes from. "frozen": the flow branch of the EMA
+        weights as they were when the consistency stage began, frozen (saved in the run folder as
+        teacher-<step>.safetensors), guided; "flow_branch": the model's own live flow branch (no gradient),
+        guided; with both the flow anchor learns plain conditional flow. "sample": u = eps - x0 of the one
+        sample, with guidance baked into both branches' targets.
     guidance_scale, guidance_interval: classifier-free guidance of the consistency target for s inside
         [lo, hi]; guidance_scale=1 disables it (and its extra forward).
     consistency_batch_fraction: the share of each batch that trains the consistency branch (its JVP is

@@ -179,12 +179,15 @@ def test_train_refuses_a_folder_it_did_not_make_and_resumes_its_own(tmp_path):
     foreign = tmp_path / "proj"
     (foreign / "model").mkdir(parents=True)
     (foreign / "model" / "net.py").write_text("mine")
-    with pytest.raises(ValueError, match="holds no eidos config.yaml"):
+    with pytest.raises(ValueError, match=r"holds files eidos did not write \(model\)"):
         check_run_folder(foreign, config)
     (foreign / "config.yaml").write_text("mine\n")
     with pytest.raises(ValueError, match="is not an eidos run config"):
         check_run_folder(foreign, config)
     assert (foreign / "config.yaml").read_text() == "mine\n" and (foreign / "model" / "net.py").exists()
+    copied = tmp_path / "copied"
+    (copied / "checkpoint-30").mkdir(parents=True)
+    check_run_folder(copied, config)  # a checkpoint copied into a new folder resumes there
     (tmp_path / "afile").write_text("x")
     with pytest.raises(ValueError, match="is a file"):
         check_run_folder(tmp_path / "afile", config)
@@ -197,3 +200,37 @@ def test_train_refuses_a_folder_it_did_not_make_and_resumes_its_own(tmp_path):
     other = load_config(None, ["train.max_steps=100", "objective.guidance_scale=2.5"]).to_dict()
     with pytest.raises(ValueError, match=r"another run .*objective.guidance_scale: 1.75 -> 2.5"):
         check_run_folder(run, other)
+
+
+def test_the_frozen_teacher_is_saved_when_its_stage_begins_and_read_back_on_resume(tmp_path):
+    from accelerate import Accelerator
+
+    from eidos.training.teacher import frozen_teacher, teacher_path
+
+    model = make_tiny_model()
+    ema = EMA(model, decay=0.999)
+    ema_model = make_tiny_model()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.5)
+    ema.restart(model)
+    accelerator = Accelerator(cpu=True)
+    teacher = frozen_teacher(accelerator, tmp_path, 80, 80, ema, ema_model)
+    assert teacher_path(tmp_path, 80).is_file()
+    assert all(torch.equal(a, b) for a, b in zip(teacher.parameters(), model.parameters(), strict=True))
+    assert not any(p.requires_grad for p in teacher.parameters())
+    ema.restart(make_tiny_model())  # the EMA moves on; a resumed run still gets the stage's teacher
+    resumed = frozen_teacher(accelerator, tmp_path, 80, 95, ema, ema_model)
+    assert all(torch.equal(a, b) for a, b in zip(resumed.parameters(), teacher.parameters(), strict=True))
+    with pytest.raises(ValueError, match="teacher-40.safetensors, which is missing"):
+        frozen_teacher(accelerator, tmp_path, 40, 50, ema, ema_model)
+
+
+def test_the_frozen_teacher_objective_calls_the_teacher_not_the_student():
+    student, teacher = GaussianVelocity(MU, SIGMA0), GaussianVelocity(MU, SIGMA0)
+    batch = Batch(MU + SIGMA0 * torch.randn(4, 3, 16, 16), TextEmbeddings(torch.zeros(4, 16)))
+    config = ObjectiveConfig(consistency_teacher="frozen")
+    with pytest.raises(ValueError, match="needs the frozen teacher"):
+        FACMObjective(config)
+    _, parts = FACMObjective(config, teacher=teacher)(student, batch)
+    assert (student.calls, teacher.calls) == (2, 1)  # flow anchor + JVP; the teacher's one batched call

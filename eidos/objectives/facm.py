@@ -6,9 +6,10 @@ Two phases, in FACM's own order (Peng et al. 2025: pretrain both branches as flo
   as cheap as plain flow matching, and the consistency branch starts the next phase as a good flow.
 - consistency phase (`consistency=True`): the flow anchor on the whole batch, plus the FACM consistency loss
   on its share, with its own time draw. Its velocity u* comes from the `consistency_teacher`:
-  "flow_branch" (default) distils the model's own flow branch, sg(G(x, -s)), with classifier-free guidance
-  u* = G_unc + w (G_c - G_unc): a deterministic ODE to be consistent with, so one-step samples are sharp
-  rather than the blurred mean of single-sample targets; the anchor then learns plain conditional flow
+  "frozen" distils the flow branch of a frozen copy of the weights (the trainer passes the EMA weights of the
+  stage's start), "flow_branch" the model's own live flow branch, sg(G(x, -s)); both with classifier-free
+  guidance u* = G_unc + w (G_c - G_unc): a deterministic ODE to be consistent with, so one-step samples are
+  sharp rather than the blurred mean of single-sample targets; the anchor then learns plain conditional flow
   (guidance is applied at flow-sampling time). "sample" uses u_c = eps - x0 from the one sample and bakes
   guidance into both branches' targets (FACM trained from scratch).
 One call computes the total loss for a batch and returns its named parts.
@@ -79,16 +80,24 @@ class FACMObjective:
     """`objective(model, batch, generator) -> (loss, parts)` with parts total, fm, cm, mae (detached).
 
     mask_ratio is the stage's fraction of tokens hidden from the encoder; consistency picks the phase (module
-    docstring). In the flow phase "cm" is the consistency branch's flow loss. Every random draw (times, noise,
+    docstring); teacher is the frozen network of consistency_teacher "frozen". In the flow phase "cm" is the
+    consistency branch's flow loss. Every random draw (times, noise,
     text dropout, mask) uses `generator`, so a step is reproducible from it.
     """
 
-    def __init__(self, config: ObjectiveConfig, mask_ratio: float = 0.0, consistency: bool = True):
+    def __init__(
+        self, config: ObjectiveConfig, mask_ratio: float = 0.0, consistency: bool = True,
+        teacher: nn.Module | None = None,
+    ):
         if not 0 <= mask_ratio < 1:
             raise ValueError(f"mask_ratio must be in [0, 1), got {mask_ratio}")
+        if consistency and config.consistency_teacher == "frozen" and config.consistency_weight > 0 \
+                and teacher is None:
+            raise ValueError("objective.consistency_teacher='frozen' needs the frozen teacher network (teacher=...)")
         self.config = config
         self.mask_ratio = mask_ratio
         self.consistency = consistency
+        self.teacher = teacher
 
     def consistency_share(self, batch_size: int) -> int:
         """How many examples (the first k of the batch) train the consistency branch; 0 = plain flow matching."""
@@ -184,7 +193,8 @@ class FACMObjective:
                     u_star = guided_velocity(u_star, u_uncond.float(), s_cm, dropped[sub], cfg.guidance_scale,
                                              cfg.guidance_interval)
             else:
-                u_star = teacher_velocity(model, x_cm, s_cm, sub_text, dropped[sub], cfg)
+                teacher = self.teacher if cfg.consistency_teacher == "frozen" else model
+                u_star = teacher_velocity(teacher, x_cm, s_cm, sub_text, dropped[sub], cfg)
             use_math = cfg.tangent == "jvp"  # fused SDPA has no forward-mode AD
 
             def average_velocity(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:

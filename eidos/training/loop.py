@@ -42,6 +42,7 @@ from eidos.training.ema import EMA
 from eidos.training.faults import NonFiniteTraining, StopRequest, TrainingInterrupted
 from eidos.training.previews import build_preview_set, render_previews
 from eidos.training.run_folder import check_run_folder
+from eidos.training.teacher import frozen_teacher
 
 logger = logging.getLogger(__name__)
 
@@ -236,11 +237,16 @@ def train(config: Config) -> Path:
             index, lr = learning_rate(config, state.step)
             if index != stage_index:
                 stage = cfg.stages[index]
-                objective = FACMObjective(config.objective, mask_ratio=stage.mask_ratio, consistency=stage.consistency)
-                entering = state.step == stage_start(config, index) and state.step > 0
+                start = stage_start(config, index)
+                teacher = None
+                if stage.consistency and config.objective.consistency_teacher == "frozen":
+                    teacher = frozen_teacher(accelerator, output_dir, start, state.step, ema, ema_model)
+                objective = FACMObjective(config.objective, mask_ratio=stage.mask_ratio, consistency=stage.consistency,
+                                          teacher=teacher)
+                entering = state.step == start and state.step > 0
                 if stage.reset_optimizer and entering:
                     optimizer.state.clear()  # a fresh optimizer for this stage (DESIGN §3)
-                if stage.restart_ema and entering:
+                if stage.restart_ema and entering:  # after the teacher took the EMA weights of this moment
                     ema.restart(model)
                 stage_index = index
                 logger.info("stage %r from step %d: mask ratio %.2f, %s", stage.name, state.step, stage.mask_ratio,

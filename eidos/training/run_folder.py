@@ -6,6 +6,7 @@ refused before any work starts, so a mistyped --output-dir never overwrites a us
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import yaml
@@ -13,11 +14,21 @@ import yaml
 from eidos.config import load_config
 
 CONFIG_FILE = "config.yaml"
+# What a run writes besides its config: checkpoints (and their temp folders), the final export, sample grids,
+# metrics, tensorboard logs and frozen consistency teachers.
+RUN_ENTRY = re.compile(r"^(\.?checkpoint-\d+(\.tmp)?|samples|metrics\.jsonl|eidos|"
+                       r"\.?teacher-\d+\.safetensors(\.tmp)?)$")
 # Settings a rerun may change without becoming another run: how long it trains, how often it reports.
 SCHEDULE_KEYS = {
     "train": {"max_steps", "checkpoint_every", "sample_every", "log_every", "checkpoints_total_limit", "tracker"},
     "sampling": None,  # None: the whole section
 }
+
+
+def _written_by_a_run(path: Path) -> bool:
+    if path.name == "model":  # the final export: a pipeline folder
+        return (path / "model_index.json").is_file()
+    return bool(RUN_ENTRY.match(path.name))
 
 
 def _comparable(config: dict) -> dict:
@@ -54,8 +65,12 @@ def check_run_folder(output_dir: Path, config: dict) -> None:
         return
     saved = output_dir / CONFIG_FILE
     if not saved.is_file():
-        raise ValueError(f"train.output_dir {output_dir} is not empty and holds no eidos {CONFIG_FILE}: eidos trains "
-                         f"only into a new or empty folder or resumes its own run; choose another --output-dir")
+        foreign = sorted(p.name for p in output_dir.iterdir() if not _written_by_a_run(p))
+        if foreign:
+            raise ValueError(f"train.output_dir {output_dir} holds files eidos did not write ({', '.join(foreign[:3])}"
+                             f"{', ...' if len(foreign) > 3 else ''}) and no eidos {CONFIG_FILE}: eidos trains only "
+                             f"into a new or empty folder or resumes its own run; choose another --output-dir")
+        return  # only checkpoints and other run outputs (e.g. a checkpoint copied in to resume from)
     try:
         raw = yaml.safe_load(saved.read_text())
         if not isinstance(raw, dict) or not {"model", "train", "objective"} <= raw.keys():
