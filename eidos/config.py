@@ -79,7 +79,7 @@ class ObjectiveConfig:
     consistency_weight: float = 1.0
     mae_weight: float = 0.0
     text_dropout: float = 0.1
-    consistency_teacher: str = "flow_branch"
+    consistency_teacher: str = "frozen"
     guidance_scale: float = 1.75
     guidance_interval: tuple[float, float] = (0.0, 0.75)
     tangent: str = "jvp"
@@ -175,6 +175,16 @@ class DataConfig:
                  "'keep' or 'drop'")
 
 
+PATH_PREFIXES = ("/", "./", "../", "~", ".\\")
+
+
+def check_model_reference(value: str, key: str) -> None:
+    """A value written as a path (./vae, /models/vae, ~/vae) must be an existing folder, not read as a hub id."""
+    if value.startswith(PATH_PREFIXES) and not Path(value).expanduser().is_dir():
+        raise ValueError(f"{key}={value!r} names a local folder that does not exist; fix the path, or give a "
+                         "hub id as org/name")
+
+
 def _is_model_reference(value: str, names: tuple[str, ...]) -> bool:
     """A known short name, a hub id ("org/name") or an existing local folder."""
     return value in names or Path(value).expanduser().is_dir() or value.count("/") == 1
@@ -191,6 +201,8 @@ class EncodersConfig:
     text_max_length: int = 16
 
     def __post_init__(self) -> None:
+        check_model_reference(self.codec, "encoders.codec")
+        check_model_reference(self.text, "encoders.text")
         _require(_is_model_reference(self.codec, ("pixels", "sdxl")), "encoders.codec", self.codec,
                  "'pixels', 'sdxl', a hub id (org/name) or an existing local folder")
         _require(_is_model_reference(self.text, ("minilm", "clip")), "encoders.text", self.text,
@@ -385,6 +397,13 @@ def _build(cls, data: dict, prefix: str):
     return cls(**kwargs)
 
 
+def _list_index(part: str, items: list, override: str, where: str) -> int:
+    if not part.isdigit() or int(part) >= len(items):
+        raise ValueError(f"override {override!r}: {where} has {len(items)} item(s), indices 0 to {len(items) - 1}, "
+                         f"not {part!r}; add the item in the config file first")
+    return int(part)
+
+
 def _apply_override(data: dict, override: str) -> None:
     if "=" not in override:
         raise ValueError(f"override {override!r} is not of the form dotted.key=value (e.g. train.max_steps=200)")
@@ -394,14 +413,14 @@ def _apply_override(data: dict, override: str) -> None:
     parts = dotted.split(".")
     for i, part in enumerate(parts[:-1]):
         if isinstance(node, list):
-            node = node[int(part)]
+            node = node[_list_index(part, node, override, ".".join(parts[:i]))]
         else:
             node = node.setdefault(part, {})
         if not isinstance(node, (dict, list)):
             raise ValueError(f"override {override!r}: {'.'.join(parts[: i + 1])!r} is not a section")
     last = parts[-1]
     if isinstance(node, list):
-        node[int(last)] = value
+        node[_list_index(last, node, override, ".".join(parts[:-1]))] = value
     else:
         node[last] = value
 

@@ -76,3 +76,12 @@ def test_when_every_checkpoint_is_damaged_nothing_is_loaded_and_the_message_name
     with pytest.raises(ValueError, match=pattern):
         loop.train(load_config(default_config_path(), overrides))
     assert (run / "checkpoint-2").is_dir() and (run / "checkpoint-4").is_dir()  # nothing deleted
+
+
+def test_an_unreadable_random_state_file_is_a_warning_that_resume_is_not_exact(tmp_path, caplog):
+    from eidos.training.checkpoint import _warn_about_random_states
+
+    (tmp_path / "random_states_0.pkl").write_bytes(b"\x80\x04not a pickle")
+    with caplog.at_level("WARNING"):
+        _warn_about_random_states(tmp_path, 0)
+    assert "random_states_0.pkl could not be read" in caplog.text and "no longer bit-exact" in caplog.text

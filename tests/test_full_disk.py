@@ -27,8 +27,10 @@ def test_a_full_disk_during_a_checkpoint_save_keeps_the_previous_one_and_exits_1
                                                                                   capsys):
     with mounted_tmpfs(tmp_path / "disk", "400M") as disk:
         run = disk / "run"
+        # the live teacher: no teacher file to write when the consistency stage begins, only checkpoints
         args = tiny_run_overrides(run, shared_cache_dir, max_steps=2) + ["train.checkpoint_every=2",
-                                                                         "train.tracker=none"]
+                                                                         "train.tracker=none",
+                                                                         "objective.consistency_teacher=flow_branch"]
         assert main(["train", *args]) == 0
         model_bytes = (run / "checkpoint-2" / "model.safetensors").stat().st_size
         # Each save starts with accelerate's model.safetensors, then torch.save's optimizer.bin: leave no room

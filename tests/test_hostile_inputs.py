@@ -136,6 +136,37 @@ def sample_on_missing_cuda(ws):
             "--device", "cuda"]
 
 
+def sample_with_nan_guidance(ws):
+    return ["sample", "--checkpoint", str(ws.exported), "--prompt", "a", "--out", str(ws.root / "a.png"),
+            "--sampler", "flow", "--steps", "2", "--guidance-scale", "nan"]
+
+
+def non_finite_learning_rate(ws):
+    return ["train", f"--output-dir={ws.root / 'run'}", "train.stages.0.learning_rate=.inf"]
+
+
+def train_into_a_foreign_folder(ws):
+    ws.file("proj/model/net.py", "mine")
+    ws.file("proj/config.yaml", "mine\n")
+    return ["train", f"--output-dir={ws.root / 'proj'}", "--max-steps=2"]
+
+
+def resume_with_another_model_size(ws):
+    import yaml
+
+    from eidos.cli.train import default_config_path
+    from eidos.config import load_config
+
+    run = ws.root / "run"
+    saved = load_config(default_config_path(), [f"train.output_dir={run}"]).to_dict()
+    ws.file("run/config.yaml", yaml.safe_dump(saved))
+    return ["train", f"--output-dir={run}", "model.width=256"]
+
+
+def foreign_folder_intact(ws, caplog):
+    assert files_under(ws.root / "proj") == {"config.yaml": b"mine\n", "model/net.py": b"mine"}
+
+
 def sample_on_a_typo_device(ws):
     return ["sample", "--checkpoint", str(ws.exported), "--prompt", "a", "--out", str(ws.root / "a.png"),
             "--device", "gpu0"]
@@ -283,6 +314,12 @@ PROBES = {
     "eval --batch-size 0": Probe(eval_zero_batch, 2, "--batch-size must be >= 1, got 0"),
     "eval --device cuda without CUDA": Probe(eval_on_missing_cuda, 2, "--device cuda: no CUDA device is available"),
     "sample --device cuda without CUDA": Probe(sample_on_missing_cuda, 2, "--device cuda: no CUDA device"),
+    "sample --guidance-scale nan": Probe(sample_with_nan_guidance, 2, "`guidance_scale` must be >= 1"),
+    "learning rate inf": Probe(non_finite_learning_rate, 2, "learning_rate' = inf is invalid: expected a finite"),
+    "train into a foreign folder": Probe(train_into_a_foreign_folder, 2, "proj/config.yaml is not an eidos run config",
+                                         foreign_folder_intact),
+    "resume with another model size": Probe(resume_with_another_model_size, 2,
+                                            "holds another run (its config.yaml differs: model.width: None -> 256)"),
     "sample --device typo": Probe(sample_on_a_typo_device, 2, "--device 'gpu0' is not a device name"),
     "export into a user's folder": Probe(export_into_a_users_folder, 2, "victim is not empty and is not an eidos "
                                                                         "export", victim_intact),

@@ -175,6 +175,21 @@ def test_an_overflowing_jvp_tangent_is_clipped_or_skipped(monkeypatch, bad, fini
         return G, torch.full_like(dG, bad)
 
     monkeypatch.setattr(facm, "velocity_and_time_derivative", overflowing)
-    objective = facm.FACMObjective(ObjectiveConfig(), mask_ratio=0.5)
-    loss, parts = objective(make_tiny_model(), make_batch(), torch.Generator().manual_seed(0))
+    model = make_tiny_model()
+    objective = facm.FACMObjective(ObjectiveConfig(), mask_ratio=0.5, teacher=model)
+    loss, parts = objective(model, make_batch(), torch.Generator().manual_seed(0))
     assert bool(torch.isfinite(loss)) == finite and bool(torch.isfinite(parts["cm"])) == finite
+
+
+def test_a_failing_sample_grid_is_a_warning_and_the_run_goes_on(tmp_path, shared_cache_dir, monkeypatch, caplog):
+    """Grids are drawn after the step's checkpoint is safe, and a grid that fails never ends the run."""
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("preview exploded")
+
+    monkeypatch.setattr(loop, "render_previews", broken)
+    run = tmp_path / "run"
+    with caplog.at_level("WARNING"):
+        loop.train(load_config(default_config_path(), tiny_run_overrides(run, shared_cache_dir, max_steps=30)))
+    assert (run / "checkpoint-30" / "trainer_state.json").exists() and (run / "model" / "model_index.json").exists()
+    assert "step 30: sample grid failed, training goes on: RuntimeError: preview exploded" in caplog.text

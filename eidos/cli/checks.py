@@ -10,8 +10,6 @@ from pathlib import Path
 
 import yaml
 
-PATH_PREFIXES = ("/", "./", "../", "~", ".\\")
-
 
 def load_user_config(path: str | Path, overrides: list[str]):
     """`load_config` of a user's file and overrides, with its failures as one-line messages naming the file."""
@@ -23,16 +21,11 @@ def load_user_config(path: str | Path, overrides: list[str]):
     if not path.is_file():
         raise FileNotFoundError(f"--config {path} does not exist")
     try:
-        base = load_config(path)
-        if overrides:
-            check_list_indices(base.to_dict(), overrides)
         config = load_config(path, overrides)
     except yaml.YAMLError as error:
         raise ValueError(f"config file {path} is not valid YAML: {yaml_problem(error)}; fix the file") from None
     except UnicodeDecodeError:
         raise ValueError(f"config file {path} is not UTF-8 text; save it as UTF-8") from None
-    check_model_reference(config.encoders.codec, "encoders.codec")
-    check_model_reference(config.encoders.text, "encoders.text")
     return config
 
 
@@ -41,31 +34,6 @@ def yaml_problem(error: yaml.YAMLError) -> str:
     problem = getattr(error, "problem", None) or str(error).splitlines()[0]
     mark = getattr(error, "problem_mark", None)
     return f"{problem} at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else problem
-
-
-def check_list_indices(config: dict, overrides: list[str]) -> None:
-    """Refuse an override that indexes a list (train.stages.5.mask_ratio) past its end, naming the list's size."""
-    for override in overrides:
-        node = config
-        parts = override.split("=", 1)[0].split(".")
-        for depth, part in enumerate(parts):
-            if isinstance(node, list):
-                if not (part.isdigit() and int(part) < len(node)):
-                    where = ".".join(parts[:depth])
-                    raise ValueError(f"override {override!r}: {where} has {len(node)} item(s), indices 0 to "
-                                     f"{len(node) - 1}, not {part!r}; add the item in the config file first")
-                node = node[int(part)]
-            elif isinstance(node, dict) and part in node:
-                node = node[part]
-            else:
-                break  # a new or unknown key: load_config names it
-
-
-def check_model_reference(value: str, key: str) -> None:
-    """A value written as a path (./vae, /models/vae, ~/vae) must be an existing folder, not read as a hub id."""
-    if value.startswith(PATH_PREFIXES) and not Path(value).expanduser().is_dir():
-        raise FileNotFoundError(f"{key}={value!r} names a local folder that does not exist; fix the path, or give a "
-                                "hub id as org/name")
 
 
 def check_device(device: str) -> None:

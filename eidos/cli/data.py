@@ -72,16 +72,16 @@ def run_encode(args: argparse.Namespace) -> int:
     from accelerate import PartialState
     from tqdm.auto import tqdm
 
-    from eidos.cli.checks import check_model_reference, check_writable_folder
-    from eidos.config import EncodersConfig
+    from eidos.cli.checks import check_writable_folder
+    from eidos.config import EncodersConfig, check_model_reference
     from eidos.data.cache import is_up_to_date
     from eidos.data.encode import check_shard_names, encode_shard, read_shards_ahead, stale_caches
     from eidos.encoders import load_codec, load_text_encoder
 
     max_length = args.text_max_length or (77 if args.text_encoder == "clip" else 16)
-    EncodersConfig(codec=args.codec, text=args.text_encoder, text_max_length=max_length)  # validate the names
-    check_model_reference(args.codec, "--codec")
+    check_model_reference(args.codec, "--codec")  # named as the user typed them, before the config's checks
     check_model_reference(args.text_encoder, "--text-encoder")
+    EncodersConfig(codec=args.codec, text=args.text_encoder, text_max_length=max_length)  # validate the names
     if args.resolution < 8 or args.resolution % 8:
         raise ValueError(f"--resolution must be a multiple of 8, got {args.resolution}")
     if args.decode_threads < 1 or args.batch_size < 1:

@@ -12,6 +12,7 @@ sampler with sigma = s and the model's velocity as its output). `model_index.jso
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import uuid
 from pathlib import Path
@@ -62,7 +63,7 @@ class EidosPipeline(DiffusionPipeline):
             raise ValueError(f"`num_inference_steps` must be >= 1, got {num_inference_steps}")
         if sampler not in SAMPLERS:
             raise ValueError(f"`sampler` must be one of {SAMPLERS}, got {sampler!r}")
-        if guidance_scale < 1:
+        if not math.isfinite(guidance_scale) or guidance_scale < 1:
             raise ValueError(f"`guidance_scale` must be >= 1 (1 = no guidance), got {guidance_scale}")
         if sampler == "consistency" and (negative_prompt is not None or guidance_scale != 1):
             raise ValueError("`negative_prompt` and `guidance_scale` apply to sampler='flow'; the consistency "

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
+from accelerate.utils import load as accelerate_load
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
@@ -141,8 +142,20 @@ def load_checkpoint(accelerator: Accelerator, path: Path, ema: EMA) -> TrainerSt
             f"checkpoint {path} holds a pickle with objects other than tensors; refused to load it (nothing in it "
             f"was run). Delete the checkpoint if you did not write it. ({error})"
         ) from error
+    _warn_about_random_states(path, accelerator.process_index)
     ema.load_state_dict(load_file(path / EMA_FILE))
     return TrainerState(**json.loads((path / STATE_FILE).read_text()))
+
+
+def _warn_about_random_states(path: Path, process_index: int) -> None:
+    """accelerate skips an unreadable random-state file with an INFO line; say plainly what it costs."""
+    states = path / f"random_states_{process_index}.pkl"
+    try:
+        accelerate_load(states)  # what accelerate's load_state reads it with (weights_only, numpy allowed)
+    except Exception as error:  # noqa: BLE001 - any failure means the states were not restored
+        logger.warning("%s could not be read (%s: %s): the random states were not restored, so this resumed run "
+                       "is no longer bit-exact (every step's noise still comes from (seed, rank, step))", states,
+                       type(error).__name__, error)
 
 
 def _replace_aside(final: Path) -> None:

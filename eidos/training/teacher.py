@@ -13,10 +13,12 @@ import logging
 import os
 from pathlib import Path
 
+import torch
 from accelerate import Accelerator
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from eidos.training.checkpoint import WRITE_ERRORS, CheckpointError
 from eidos.training.ema import EMA
 
 logger = logging.getLogger(__name__)
@@ -35,12 +37,21 @@ def frozen_teacher(
     teacher = copy.deepcopy(ema_model).eval().requires_grad_(False)
     if step == stage_start_step:
         ema.copy_to(teacher)
+        failure: Exception | None = None
         if accelerator.is_main_process:
             tmp = path.with_name(f".{path.name}.tmp")
-            save_file({name: p.detach().contiguous() for name, p in teacher.named_parameters()}, tmp)
-            os.replace(tmp, path)
-            logger.info("consistency teacher: the EMA weights of step %d, saved to %s", step, path)
-        accelerator.wait_for_everyone()
+            try:
+                save_file({name: p.detach().contiguous() for name, p in teacher.named_parameters()}, tmp)
+                os.replace(tmp, path)
+                logger.info("consistency teacher: the EMA weights of step %d, saved to %s", step, path)
+            except WRITE_ERRORS as error:  # a full disk: say so on every process, keep what was there
+                failure = error
+                tmp.unlink(missing_ok=True)
+        failed = torch.tensor([float(failure is not None)], device=accelerator.device)
+        if float(accelerator.reduce(failed, reduction="sum")) > 0:
+            reason = f"{type(failure).__name__}: {failure}" if failure else "failed on another process"
+            raise CheckpointError(f"could not write the consistency teacher {path}: {reason}. The checkpoints are "
+                                  f"intact; free space and rerun to resume.") from failure
         return teacher
     if not path.is_file():
         raise ValueError(f"resuming inside the consistency stage that began at step {stage_start_step} needs its "
