@@ -11,6 +11,10 @@
     python benchmarks/recipe.py --out /tmp/r2 --seed 1                    # a repeat with another seed
     python benchmarks/recipe.py --out /tmp/g --glyphs                     # the second image set (glyph_set.py)
     python benchmarks/recipe.py --out /tmp/a --recipe objective.consistency_teacher=sample   # an ablation
+    python -m benchmarks.recipe --out $OUT/gpu --config configs/openmoji-gpu.yaml --fit-minutes 7   # on a GPU
+
+--fit-minutes M first times a short probe of every stage of the recipe and sets train.max_steps so that its
+stages, in their configured proportions, take about M minutes on this machine.
 
 Rerunning with the same --out reuses finished runs and evaluations (each step is skipped when its output
 exists), so an ablation only pays for what changed.
@@ -19,13 +23,17 @@ exists), so an ablation only pays for what changed.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 from benchmarks.common import machine
+from eidos.cli.train import default_config_path
+from eidos.config import load_config
 
 PEER = [
     "objective.consistency_weight=0", "objective.mae_weight=0",
@@ -60,6 +68,25 @@ def glyph_config(out: Path) -> list[str]:
             f"data.held_out_files={caches}/held_out/*.h5"]
 
 
+def fit_steps(minutes: float, out: Path, config_path: str | None, overrides: list[str], run_args: list[str]) -> int:
+    """train.max_steps that makes the recipe's stages take about `minutes` here, from a probe of 20 steps per
+    stage (the first timing window of each, with its warm-up and stage switch, is not used)."""
+    config = load_config(config_path or default_config_path(), overrides)
+    stages = config.train.stages
+    probe = out / "probe"
+    if not (probe / "model").is_dir():
+        even = [{**dataclasses.asdict(stage), "fraction": 1 / len(stages)} for stage in stages]
+        eidos("train", "--output-dir", str(probe), *run_args, f"train.max_steps={20 * len(stages)}",
+              f"train.stages={json.dumps(even)}", "train.log_every=5", "train.sample_every=100000",
+              "train.checkpoint_every=100000", log=out / "probe.train.log")
+    metrics = [json.loads(line) for line in (probe / "metrics.jsonl").read_text().splitlines()]
+    seconds = 0.0
+    for index, stage in enumerate(stages):
+        rate = statistics.median([m["samples_per_sec"] for m in metrics if m["stage"] == index][1:])
+        seconds += stage.fraction * config.train.batch_size / rate
+    return int(60 * minutes / seconds)
+
+
 def train_and_eval(name: str, out: Path, overrides: list[str], eval_args: list[str]) -> tuple[dict, float]:
     run = out / name
     if not (run / "model").is_dir():
@@ -79,6 +106,7 @@ def main() -> None:
     parser.add_argument("--recipe", nargs="*", default=[], help="overrides of the recipe run")
     parser.add_argument("--glyphs", action="store_true", help="train on the glyph set instead of the config's data")
     parser.add_argument("--seed", type=int, default=0, help="training seed of both runs")
+    parser.add_argument("--fit-minutes", type=float, help="size train.max_steps to about this many minutes here")
     parser.add_argument("--flow-steps", type=int, default=30)
     parser.add_argument("--guidance-scale", type=float, default=1.75, help="CFG of the flow rows")
     args = parser.parse_args()
@@ -87,7 +115,13 @@ def main() -> None:
     common += glyph_config(args.out) if args.glyphs else []
     flow = ["--flow-steps", str(args.flow_steps), "--guidance-scale", str(args.guidance_scale)]
 
-    recipe, recipe_minutes = train_and_eval("recipe", args.out, common + args.recipe, flow)
+    recipe_run = common + args.recipe
+    if args.fit_minutes:
+        data = [o for o in common if "=" in o]
+        steps = fit_steps(args.fit_minutes, args.out, args.config, data + args.recipe, recipe_run)
+        print(f"--fit-minutes {args.fit_minutes:g}: train.max_steps={steps}")
+        recipe_run.append(f"train.max_steps={steps}")
+    recipe, recipe_minutes = train_and_eval("recipe", args.out, recipe_run, flow)
     peer_run = common + PEER + ["train.max_steps=1000000", f"train.time_limit_minutes={recipe_minutes:.3f}",
                                 "train.checkpoint_every=1000000", "train.sample_every=1000000"]
     peer, peer_minutes = train_and_eval("peer", args.out, peer_run, flow + ["--consistency-steps"])
@@ -98,7 +132,7 @@ def main() -> None:
     print("|---|---|---|---|---|")
     for label, result in (("recipe", recipe), ("peer", peer)):
         for row in result["rows"]:
-            if row["images"].startswith("real") and label == "peer":
+            if row["images"].startswith(("real", "chance")) and label == "peer":
                 continue
             nfe = "-"
             if row["images"].startswith("consistency"):

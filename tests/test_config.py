@@ -12,8 +12,10 @@ REPO = Path(__file__).resolve().parents[1]
 def test_default_config_file_is_the_embedded_default():
     config = load_config(default_config_path())
     assert config.data.source == "openmoji" and config.encoders.codec == "pixels"
-    assert config.model.preset == "tiny" and config.train.stage_steps() == [675, 225]
-    assert [s.mask_ratio for s in config.train.stages] == [0.5, 0.0]
+    assert config.model.preset == "tiny" and config.train.stage_steps() == [406, 798, 246]
+    assert [s.mask_ratio for s in config.train.stages] == [0.5, 0.0, 0.0]
+    assert [s.consistency for s in config.train.stages] == [False, False, True]
+    assert config.objective.consistency_teacher == "frozen" and config.train.stages[-1].restart_ema
 
 
 @pytest.mark.parametrize("path", sorted((REPO / "configs").glob("*.yaml")))
@@ -27,14 +29,14 @@ def test_dotted_overrides_reach_nested_keys_and_list_items():
     assert config.train.max_steps == 200 and config.model.width == 128
     assert config.train.stages[1].learning_rate == 1e-4
     assert config.objective.guidance_interval == (0.1, 0.5)
-    assert config.train.stage_steps() == [160, 40]
+    assert config.train.stage_steps() == [80, 80, 40]
 
 
 @pytest.mark.parametrize("override,message", [
     ("train.max_step=3", r"unknown config key 'train.max_step'; did you mean 'train.max_steps'\?"),
     ("modle.preset=tiny", r"unknown config key 'modle'; did you mean 'model'\?"),
     ("train.max_steps=many", r"config key 'train.max_steps' must be of type int, got 'many'"),
-    ("train.stages.0.mask_ratio=1.0", r"train.stages.masked.mask_ratio.*expected in \[0, 1\)"),
+    ("train.stages.0.mask_ratio=1.0", r"train.stages.masked flow.mask_ratio.*expected in \[0, 1\)"),
     ("model.preset=huge", r"model.preset.*'huge'.*expected one of"),
     ("train.batch_size=30", r"train.batch_size.*a multiple of train.grad_accumulation_steps=4"),
 ])

@@ -19,7 +19,7 @@ from eidos.objectives.flow_matching import velocity_loss
 from eidos.objectives.mae import masked_reconstruction_loss
 from eidos.objectives.path import conditional_velocity, interpolate
 from eidos.objectives.time_sampling import sample_times
-from tests.conftest import GaussianVelocity, make_batch, make_tiny_model
+from tests.conftest import GaussianVelocity, make_batch, make_tiny_model, randomize_
 
 MU, SIGMA0 = 0.7, 0.4
 
@@ -132,8 +132,8 @@ def test_mae_loss_targets_normalised_patches_at_removed_tokens_only():
 
 
 def test_objective_is_deterministic_given_the_generator_and_reports_parts():
-    model = make_tiny_model()
-    objective = FACMObjective(ObjectiveConfig(mae_weight=0.1), mask_ratio=0.5)
+    model = randomize_(make_tiny_model())  # a zero-initialised teacher would give an all-zero consistency target
+    objective = FACMObjective(ObjectiveConfig(mae_weight=0.1), mask_ratio=0.5, teacher=model)
     batch = make_batch()
     loss_a, parts_a = objective(model, batch, torch.Generator().manual_seed(5))
     loss_b, parts_b = objective(model, batch, torch.Generator().manual_seed(5))
@@ -173,7 +173,8 @@ def test_objective_reuses_one_mask_for_all_forwards():
     assert len(seen) == 4 and all(torch.equal(m, seen[0]) for m in seen) and seen[0].any()
     # the flow-branch teacher sees every token (its velocity is the consistency target's tangent everywhere)
     seen.clear()
-    FACMObjective(ObjectiveConfig(consistency_batch_fraction=1.0), mask_ratio=0.5)(model, make_batch(), generator)
+    FACMObjective(ObjectiveConfig(consistency_batch_fraction=1.0), mask_ratio=0.5, teacher=model)(
+        model, make_batch(), generator)
     flow, teacher, jvp = seen
     assert torch.equal(flow, jvp) and flow.any() and not teacher.any() and len(teacher) == 2 * len(flow)
 
@@ -184,7 +185,8 @@ def test_overfitting_one_batch_drives_the_loss_down(mask_ratio):
     torch.manual_seed(0)
     model = make_tiny_model()
     batch = make_batch()
-    objective = FACMObjective(ObjectiveConfig(guidance_scale=1.0, text_dropout=0.0), mask_ratio=mask_ratio)
+    objective = FACMObjective(ObjectiveConfig(guidance_scale=1.0, text_dropout=0.0), mask_ratio=mask_ratio,
+                              teacher=model)
     optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3)
     losses = []
     for _ in range(200):

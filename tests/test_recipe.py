@@ -84,12 +84,12 @@ def test_teacher_is_the_guided_flow_branch_in_one_batched_call():
     assert not torch.allclose(cond, uncond, atol=1e-3)
 
 
-def test_an_exact_model_has_zero_consistency_loss_with_the_flow_branch_teacher():
+def test_an_exact_model_has_zero_consistency_loss_with_a_flow_teacher():
     """Gaussian data, exact instantaneous and average velocities: the teacher is the true flow, the identity
     G = u - s dG/ds holds, so the FACM target equals G and the consistency loss vanishes."""
     exact = GaussianVelocity(MU, SIGMA0)
     batch = Batch(MU + SIGMA0 * torch.randn(8, 3, 16, 16), TextEmbeddings(torch.zeros(8, 16)))
-    objective = FACMObjective(ObjectiveConfig(consistency_batch_fraction=1.0, text_dropout=0.0))
+    objective = FACMObjective(ObjectiveConfig(consistency_batch_fraction=1.0, text_dropout=0.0), teacher=exact)
     _, parts = objective(exact, batch, torch.Generator().manual_seed(0))
     assert parts["cm"].item() < 1e-4
     assert parts["fm"].item() > 0.1  # the anchor still regresses single-sample velocities
@@ -98,7 +98,7 @@ def test_an_exact_model_has_zero_consistency_loss_with_the_flow_branch_teacher()
 def test_network_calls_per_step_by_teacher():
     exact = GaussianVelocity(MU, SIGMA0)
     batch = Batch(MU + SIGMA0 * torch.randn(4, 3, 16, 16), TextEmbeddings(torch.zeros(4, 16)))
-    FACMObjective(ObjectiveConfig())(exact, batch)
+    FACMObjective(ObjectiveConfig(consistency_teacher="flow_branch"))(exact, batch)
     assert exact.calls == 3  # flow anchor + teacher (conditional and unconditional in one batch) + JVP
     FACMObjective(ObjectiveConfig(consistency_teacher="sample", guidance_scale=1.75))(exact, batch)
     assert exact.calls == 3 + 4  # flow + unconditional for the anchor + unconditional for the share + JVP

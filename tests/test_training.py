@@ -92,7 +92,7 @@ def test_eval_cli_scores_the_run_against_its_own_data(run_dir, tmp_path, capsys)
     report = json.loads(out.read_text())
     assert report["config"] == str(run_dir / "config.yaml")  # the run's data (16 px, its cache), not the default
     rows = {row["images"]: row for row in report["rows"]}
-    assert list(rows) == ["real held-out", "consistency 1 step", "consistency 2 steps", "flow 2 steps, CFG 1",
+    assert list(rows) == ["real held-out", "consistency 1 step", "consistency 2 steps", "flow 2 steps, CFG 1.75",
                           "chance"]
     assert rows["chance"]["top-1"] == pytest.approx(0.1) and rows["chance"]["top-5"] == pytest.approx(0.5)
     for name in list(rows)[:-1]:
