@@ -7,10 +7,10 @@
 3. evaluates both with `eidos eval`: the recipe at 1/2/4 consistency steps and with 30 flow steps + CFG, the
    peer with 30 flow steps + CFG, and prints one table (the real held-out images are the reference row).
 
-    python benchmarks/recipe.py --out /tmp/recipe                       # OpenMoji, the default config
-    python benchmarks/recipe.py --out /tmp/r2 --seed 1                    # a repeat with another seed
-    python benchmarks/recipe.py --out /tmp/g --glyphs                     # the second image set (glyph_set.py)
-    python benchmarks/recipe.py --out /tmp/a --recipe objective.consistency_teacher=sample   # an ablation
+    python -m benchmarks.recipe --out /tmp/recipe                       # OpenMoji, the default config
+    python -m benchmarks.recipe --out /tmp/r2 --seed 1                  # a repeat with another seed
+    python -m benchmarks.recipe --out /tmp/g --glyphs                   # the second image set (glyph_set.py)
+    python -m benchmarks.recipe --out /tmp/a --recipe objective.consistency_teacher=sample   # an ablation
     python -m benchmarks.recipe --out $OUT/gpu --config configs/openmoji-gpu.yaml --fit-minutes 7   # on a GPU
 
 --fit-minutes M first times a short probe of every stage of the recipe and sets train.max_steps so that its
@@ -140,8 +140,8 @@ def main() -> None:
             elif row["images"].startswith("flow"):
                 nfe = str(2 * args.flow_steps if args.guidance_scale != 1 else args.flow_steps)
             name = row["images"] if row["images"].startswith(("real", "chance")) else f"{label}, {row['images']}"
-            print(f"| {name} | {nfe} | {row.get('frechet', float('nan')):.2f} | {row['top-1']:.1%} | "
-                  f"{row['top-5']:.1%} |")
+            frechet = f"{row['frechet']:.2f}" if "frechet" in row else "-"
+            print(f"| {name} | {nfe} | {frechet} | {row['top-1']:.1%} | {row['top-5']:.1%} |")
 
 
 if __name__ == "__main__":
