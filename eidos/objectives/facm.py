@@ -59,6 +59,16 @@ def patch_size_of(x: torch.Tensor, removed: torch.Tensor) -> int:
 
 
 @torch.no_grad()
+def unconditional_velocity(
+    model: nn.Module, x_s: torch.Tensor, s: torch.Tensor, text: TextEmbeddings, token_mask: TokenMask | None,
+) -> torch.Tensor:
+    """sg(G(x_s, -s)) with every sample's text replaced by the null text; float32 (B, C, H, W)."""
+    everyone = torch.ones(x_s.shape[0], dtype=torch.bool, device=x_s.device)
+    out = model(x_s, flow_condition(s), **text.model_kwargs(), drop_text=everyone, token_mask=token_mask)
+    return out.sample.float()
+
+
+@torch.no_grad()
 def teacher_velocity(
     model: nn.Module, x_s: torch.Tensor, s: torch.Tensor, text: TextEmbeddings, dropped: torch.Tensor,
     cfg: ObjectiveConfig,
@@ -168,12 +178,8 @@ class FACMObjective:
         # Flow anchor: plain conditional flow, or (sample teacher) guidance baked into its target.
         target_u = u_cond
         if sample_teacher and cfg.guidance_scale != 1:
-            with torch.no_grad():
-                everyone = torch.ones_like(dropped)
-                u_uncond = model(x_s, flow_condition(s), **batch.text.model_kwargs(), drop_text=everyone,
-                                 token_mask=token_mask).sample
-            target_u = guided_velocity(u_cond, u_uncond.float(), s, dropped, cfg.guidance_scale,
-                                       cfg.guidance_interval)
+            u_uncond = unconditional_velocity(model, x_s, s, batch.text, token_mask)
+            target_u = guided_velocity(u_cond, u_uncond, s, dropped, cfg.guidance_scale, cfg.guidance_interval)
         visible = ~removed
         fm = velocity_loss(pred, target_u, visible, patch_size).mean()
 
@@ -187,10 +193,8 @@ class FACMObjective:
             if sample_teacher:
                 u_star = u_cond[sub]
                 if cfg.guidance_scale != 1:
-                    with torch.no_grad():
-                        u_uncond = model(x_cm, flow_condition(s_cm), **sub_text.model_kwargs(),
-                                         drop_text=torch.ones_like(dropped[sub]), token_mask=sub_mask).sample
-                    u_star = guided_velocity(u_star, u_uncond.float(), s_cm, dropped[sub], cfg.guidance_scale,
+                    u_uncond = unconditional_velocity(model, x_cm, s_cm, sub_text, sub_mask)
+                    u_star = guided_velocity(u_star, u_uncond, s_cm, dropped[sub], cfg.guidance_scale,
                                              cfg.guidance_interval)
             else:
                 teacher = self.teacher if cfg.consistency_teacher == "frozen" else model

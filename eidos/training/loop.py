@@ -249,6 +249,7 @@ def train(config: Config) -> Path:
                 if stage.restart_ema and entering:  # after the teacher took the EMA weights of this moment
                     ema.restart(model)
                 stage_index = index
+                ema_origin = ema_start(config, index)  # once per stage, not every step
                 logger.info("stage %r from step %d: mask ratio %.2f, %s", stage.name, state.step, stage.mask_ratio,
                             "consistency" if stage.consistency else "flow (both branches)")
             for group in optimizer.param_groups:
@@ -272,7 +273,7 @@ def train(config: Config) -> Path:
             grad_norm = accelerator.clip_grad_norm_(step_module.parameters(), max_norm)
             if torch.isfinite(grad_norm):  # all-reduced gradients: every process takes the same branch
                 optimizer.step()
-                ema.update(model, state.step - ema_start(config, stage_index))
+                ema.update(model, state.step - ema_origin)
                 consecutive_skips = 0
             else:
                 state.skipped_steps += 1
