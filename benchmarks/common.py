@@ -34,12 +34,6 @@ def median_seconds(fn, device: torch.device, repeats: int, warmup: int = 2) -> f
     return statistics.median(times)
 
 
-def peak_memory_mib(device: torch.device) -> str:
-    if device.type != "cuda":
-        return "-"
-    return f"{torch.cuda.max_memory_allocated() / 2**20:.0f}"
-
-
 def print_table(header: list[str], rows: list[list]) -> None:
     print("| " + " | ".join(header) + " |")
     print("|" + "|".join("---" for _ in header) + "|")

@@ -2,6 +2,8 @@
 
 Sections, each printed as a markdown table as soon as it is measured (and appended to --out as JSON lines):
   ceilings   bf16 matmul TFLOP/s and device-to-device copy GB/s, measured here (the MFU denominators)
+  tangent    XL/2 training step by objective: FM, FACM with the finite-difference tangent, the exact JVP tangent
+             (no-grad forward-mode pass) and the previous shared-graph JVP, at batch 16/64/128, mask 0 and 0.5
   train      XL/2 FM training step (forward + backward + fused AdamW) in bf16 autocast with SDPA attention,
              mask 0.5 vs 0: samples/s, model TFLOP/s, MFU, peak memory
   sampling   1/2/4-step consistency and flow + CFG at batch 64, SDXL-architecture VAE decode timed apart
@@ -31,11 +33,11 @@ from transformers import CLIPTextConfig, CLIPTextModel
 
 from benchmarks.common import machine, median_seconds, print_table, timed_step
 from benchmarks.sampling import SAMPLING_HEADER, measure_sampling
-from benchmarks.train_step import OBJECTIVES, make_batch
+from benchmarks.train_step import OBJECTIVES, make_batch, measure_objective
 from eidos import FACMObjective, MaskDiT
 from eidos.encoders import encode_moments
 
-SECTIONS = ("ceilings", "train", "sampling", "encode", "compile")
+SECTIONS = ("ceilings", "tangent", "train", "sampling", "encode", "compile")
 DATASHEET_BF16_TFLOPS = 989.0  # H100/H200 SXM dense bf16, vendor datasheet
 
 # The SDXL VAE's architecture (stabilityai/sdxl-vae config.json) and CLIP ViT-L/14's text tower, random weights.
@@ -116,6 +118,28 @@ def make_step(model, objective, batch, optimizer, device):
 
 
 MASK_RATIOS = (0.0, 0.5)
+TANGENT_OBJECTIVES = ("fm", "facm-fd", "facm-jvp", "facm-jvp-shared")
+
+
+def bench_tangent(args, device, report: Report) -> None:
+    """Each row builds its own network (cross-attention off, as in benchmarks/train_step.py), so its peak memory
+    is its own; a row that runs out of memory says so."""
+    rows = []
+    for batch_size in args.tangent_batches:
+        base = None
+        for name in TANGENT_OBJECTIVES:
+            for mask_ratio in MASK_RATIOS:
+                seconds, peak_mib = measure_objective(args.preset, batch_size, name, mask_ratio,
+                                                      min(args.repeats, 5), device, torch.bfloat16)
+                if seconds != seconds:  # nan: out of memory
+                    rows.append([args.preset, batch_size, name, mask_ratio, "out of memory", "-", "-", "-"])
+                    continue
+                base = base or seconds
+                rows.append([args.preset, batch_size, name, mask_ratio, f"{seconds * 1000:.0f}",
+                             f"{batch_size / seconds:.0f}", f"{seconds / base:.2f}", f"{peak_mib / 1024:.1f}"])
+                print(f"  tangent {name} batch {batch_size} mask {mask_ratio}: {seconds * 1000:.0f} ms", flush=True)
+    report.section("tangent", ["preset", "batch", "objective", "mask", "step ms", "samples/s", "time / fm mask 0",
+                               "peak GiB"], rows)
 
 
 def bench_train(model, args, device, flops_per_sample: dict[float, float], peak_tflops: float | None, report: Report,
@@ -179,6 +203,8 @@ def main() -> None:
     parser.add_argument("--small-encoders", action="store_true", help="tiny VAE/CLIP configs (CPU dry run)")
     parser.add_argument("--sections", nargs="+", default=list(SECTIONS), choices=SECTIONS,
                         help="compile: the train section again with every transformer block torch.compile'd")
+    parser.add_argument("--tangent-batches", nargs="+", type=int, default=[16, 64, 128],
+                        help="batch sizes of the tangent section")
     parser.add_argument("--out", help="append every row as JSON lines here")
     args = parser.parse_args()
 
@@ -193,6 +219,8 @@ def main() -> None:
     if "ceilings" in args.sections:
         peak_tflops, rows = measure_ceilings(device, args.repeats)
         report.section("ceilings", ["measurement", "rate"], rows)
+    if "tangent" in args.sections:  # before the main model exists, so each row's peak memory is its own
+        bench_tangent(args, device, report)
     model = MaskDiT.from_preset(args.preset, cross_attention=True).to(device)
     params = sum(p.numel() for p in model.parameters())
     print(f"\n{args.preset} with cross-attention: {params / 1e6:.0f}M parameters, {model.num_tokens} tokens",

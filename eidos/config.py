@@ -25,6 +25,7 @@ logger = logging.getLogger(__name__)
 
 TIME_SAMPLERS = ("lognormal", "logit_normal")
 TANGENTS = ("jvp", "finite_difference")
+TANGENT_PRECISIONS = ("autocast", "float32")
 TEACHERS = ("frozen", "flow_branch", "sample")
 
 
@@ -69,8 +70,11 @@ class ObjectiveConfig:
         [lo, hi]; guidance_scale=1 disables it (and its extra forward).
     consistency_batch_fraction: the share of each batch that trains the consistency branch (its JVP is
         the expensive part of a step); the flow anchor always uses the whole batch.
-    tangent: "jvp" (exact forward-mode derivative) or "finite_difference" (two no-grad forwards, step
-        finite_difference_step); adaptive_loss_eps: the constant c in e / sqrt(e + c).
+    tangent: "jvp" (exact forward-mode derivative, in a no-grad pass of its own) or "finite_difference" (two
+        no-grad float32 forwards, step finite_difference_step); adaptive_loss_eps: the constant c in e / sqrt(e + c).
+    tangent_precision: the JVP pass in the autocast dtype ("autocast": under bf16 it adds ~6e-4 relative error to
+        the target, a tenth of the error bf16 puts in G itself; BENCHMARKS.md) or in "float32" (exact to ~1e-7,
+        1.4-1.7x the pass's time on CPU).
     """
 
     flow_times: TimeDistribution = field(default_factory=TimeDistribution)
@@ -83,6 +87,7 @@ class ObjectiveConfig:
     guidance_scale: float = 1.75
     guidance_interval: tuple[float, float] = (0.0, 0.75)
     tangent: str = "jvp"
+    tangent_precision: str = "autocast"
     finite_difference_step: float = 1e-3
     adaptive_loss_eps: float = 1e-3
     consistency_batch_fraction: float = 0.5
@@ -103,6 +108,8 @@ class ObjectiveConfig:
         _require(0 <= lo <= hi <= 1, "objective.guidance_interval", self.guidance_interval,
                  "[lo, hi] with 0 <= lo <= hi <= 1")
         _require(self.tangent in TANGENTS, "objective.tangent", self.tangent, f"one of {TANGENTS}")
+        _require(self.tangent_precision in TANGENT_PRECISIONS, "objective.tangent_precision", self.tangent_precision,
+                 f"one of {TANGENT_PRECISIONS}")
         _require(self.finite_difference_step > 0, "objective.finite_difference_step", self.finite_difference_step,
                  "a positive number")
         _require(self.adaptive_loss_eps > 0, "objective.adaptive_loss_eps", self.adaptive_loss_eps, "a positive number")

@@ -53,7 +53,7 @@ def test_consistency_target_is_the_exact_average_velocity(tangent):
     s = torch.linspace(0.05, 0.95, 8, dtype=torch.float64)
     u = exact.instantaneous(x, s.reshape(-1, 1, 1, 1))
 
-    def fn(x_in, t):
+    def fn(x_in, t, forward_mode=False):
         return exact(x_in, t).sample
 
     G, dG = velocity_and_time_derivative(fn, x, s, u, tangent, step=1e-5)
@@ -151,9 +151,9 @@ def test_plain_flow_matching_runs_no_consistency_forward():
     FACMObjective(ObjectiveConfig(consistency_weight=0.0, guidance_scale=1.0))(exact, batch)
     assert exact.calls == 1
     FACMObjective(ObjectiveConfig(consistency_teacher="sample", guidance_scale=1.0))(exact, batch)
-    assert exact.calls == 1 + 2  # flow + one JVP forward
+    assert exact.calls == 1 + 3  # flow + G + the no-grad JVP pass
     FACMObjective(ObjectiveConfig(consistency_teacher="sample", guidance_scale=1.75))(exact, batch)
-    assert exact.calls == 3 + 4  # flow + unconditional (anchor) + unconditional (share) + JVP
+    assert exact.calls == 4 + 5  # flow + unconditional (anchor) + unconditional (share) + G + JVP pass
 
 
 def test_objective_reuses_one_mask_for_all_forwards():
@@ -170,13 +170,13 @@ def test_objective_reuses_one_mask_for_all_forwards():
     generator = torch.Generator().manual_seed(0)
     sample_teacher = ObjectiveConfig(consistency_teacher="sample", consistency_batch_fraction=1.0)
     FACMObjective(sample_teacher, mask_ratio=0.5)(model, make_batch(), generator)
-    assert len(seen) == 4 and all(torch.equal(m, seen[0]) for m in seen) and seen[0].any()
+    assert len(seen) == 5 and all(torch.equal(m, seen[0]) for m in seen) and seen[0].any()
     # the flow-branch teacher sees every token (its velocity is the consistency target's tangent everywhere)
     seen.clear()
     FACMObjective(ObjectiveConfig(consistency_batch_fraction=1.0), mask_ratio=0.5, teacher=model)(
         model, make_batch(), generator)
-    flow, teacher, jvp = seen
-    assert torch.equal(flow, jvp) and flow.any() and not teacher.any() and len(teacher) == 2 * len(flow)
+    flow, teacher, average, jvp = seen
+    assert torch.equal(flow, average) and torch.equal(flow, jvp) and flow.any() and not teacher.any() and len(teacher) == 2 * len(flow)
 
 
 @pytest.mark.parametrize("mask_ratio", [0.0, 0.5])

@@ -2,14 +2,20 @@
 
 The consistency branch predicts the average velocity G(x_s, s) from s down to 0, so x0_hat = x_s - s G.
 Differentiating x0_hat along the trajectory gives the identity G = u - s dG/ds, with the total derivative
-dG/ds = (dG/dx) u + dG/dt. We get dG/ds from one forward-mode JVP with tangents (u, 1), or from a central
+dG/ds = (dG/dx) u + dG/dt. We get dG/ds from a forward-mode JVP with tangents (u, 1), or from a central
 finite difference, and regress G onto a clipped step towards the identity (DESIGN §3).
+
+The target stops gradients at dG/ds, so its pass never shares a graph with G: G comes from an ordinary forward
+(fused attention, activations saved as for flow matching) and dG/ds from a separate pass under no_grad that
+saves nothing for backward.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from contextlib import nullcontext
+from functools import partial
 
 import torch
 
@@ -17,8 +23,10 @@ from eidos.model.layers import patchify
 from eidos.objectives.flow_matching import token_mean
 from eidos.objectives.path import per_sample
 
-VelocityFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-"""(x (B, C, H, W), t (B,)) -> G (B, C, H, W): the network with everything else fixed (text, mask)."""
+VelocityFn = Callable[..., torch.Tensor]
+"""(x (B, C, H, W), t (B,), forward_mode=False) -> G (B, C, H, W): the network with everything else fixed (text,
+mask). forward_mode=True asks for a forward that torch.func.jvp can differentiate (explicit softmax attention:
+the fused SDPA kernels have no forward-mode rule)."""
 
 
 def at_least_float32(x: torch.Tensor) -> torch.Tensor:
@@ -33,22 +41,27 @@ def velocity_and_time_derivative(
     u: torch.Tensor,
     tangent: str = "jvp",
     step: float = 1e-3,
+    precision: str = "autocast",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """G = fn(x_s, s) (differentiable w.r.t. the parameters) and sg(dG/ds) along dx/ds = u, dt/ds = 1.
 
-    tangent="jvp" uses torch.func.jvp; the primal output of a JVP carries parameter gradients equal to a
-    plain forward's. tangent="finite_difference" uses (fn(x + h u, s + h) - fn(x - h u, s - h)) / 2h from two
+    G is one ordinary forward. tangent="jvp": dG/ds from torch.func.jvp of the forward-mode network in a second
+    pass under no_grad, exact to float rounding, in the autocast dtype (precision="autocast") or in float32
+    (precision="float32"). tangent="finite_difference": (fn(x + h u, s + h) - fn(x - h u, s - h)) / 2h from two
     no-grad forwards in float32 (autocast off: a difference of bf16 outputs would be mostly rounding noise).
     """
-    if tangent == "jvp":
-        G, dG = torch.func.jvp(fn, (x_s, s), (u, torch.ones_like(s)))
-        return G, at_least_float32(dG.detach())
-    if tangent != "finite_difference":
+    if tangent not in ("jvp", "finite_difference"):
         raise ValueError(f"tangent must be 'jvp' or 'finite_difference', got {tangent!r}")
     G = fn(x_s, s)
-    with torch.no_grad(), torch.autocast(device_type=x_s.device.type, enabled=False):
-        forward = at_least_float32(fn(x_s + step * u, s + step))
-        backward = at_least_float32(fn(x_s - step * u, s - step))
+    device = x_s.device.type
+    with torch.no_grad():
+        if tangent == "jvp":
+            with torch.autocast(device_type=device, enabled=False) if precision == "float32" else nullcontext():
+                _, dG = torch.func.jvp(partial(fn, forward_mode=True), (x_s, s), (u, torch.ones_like(s)))
+            return G, at_least_float32(dG)
+        with torch.autocast(device_type=device, enabled=False):
+            forward = at_least_float32(fn(x_s + step * u, s + step))
+            backward = at_least_float32(fn(x_s - step * u, s - step))
     return G, (forward - backward) / (2 * step)
 
 

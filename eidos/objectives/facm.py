@@ -199,16 +199,15 @@ class FACMObjective:
             else:
                 teacher = self.teacher if cfg.consistency_teacher == "frozen" else model
                 u_star = teacher_velocity(teacher, x_cm, s_cm, sub_text, dropped[sub], cfg)
-            use_math = cfg.tangent == "jvp"  # fused SDPA has no forward-mode AD
 
-            def average_velocity(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            def average_velocity(x: torch.Tensor, t: torch.Tensor, forward_mode: bool = False) -> torch.Tensor:
                 return model(
                     x, consistency_condition(t), **sub_text.model_kwargs(), drop_text=dropped[sub],
-                    token_mask=sub_mask, math_attention=use_math,
+                    token_mask=sub_mask, math_attention=forward_mode,
                 ).sample
 
             G, dG = velocity_and_time_derivative(
-                average_velocity, x_cm, s_cm, u_star, cfg.tangent, cfg.finite_difference_step
+                average_velocity, x_cm, s_cm, u_star, cfg.tangent, cfg.finite_difference_step, cfg.tangent_precision
             )
             target = consistency_target(G, dG, u_star, s_cm)
             per_example = adaptive_consistency_loss(G, target, visible[sub], patch_size, cfg.adaptive_loss_eps)
