@@ -148,7 +148,7 @@ def bench_train(model, args, device, flops_per_sample: dict[float, float], peak_
     batch = make_batch(model, args.batch, device)
     rows, base = [], None
     for mask_ratio in MASK_RATIOS:
-        objective = FACMObjective(OBJECTIVES["fm"], mask_ratio=mask_ratio)
+        objective = FACMObjective(OBJECTIVES["fm"], patch_size=model.config.patch_size, mask_ratio=mask_ratio)
         flops = flops_per_sample[mask_ratio]
         start = time.perf_counter()
         seconds, peak = timed_step(make_step(model, objective, batch, optimizer, device), device, args.repeats)
@@ -226,7 +226,9 @@ def main() -> None:
     print(f"\n{args.preset} with cross-attention: {params / 1e6:.0f}M parameters, {model.num_tokens} tokens",
           flush=True)
     # Counted in eager mode before anything is compiled (dynamo skips frames first seen under a dispatch mode).
-    flops = {r: counted_flops_per_sample(model, FACMObjective(OBJECTIVES["fm"], mask_ratio=r), 2, device)
+    patch_size = model.config.patch_size
+    flops = {r: counted_flops_per_sample(model, FACMObjective(OBJECTIVES["fm"], patch_size=patch_size, mask_ratio=r),
+                                         2, device)
              for r in MASK_RATIOS}
     if "train" in args.sections:
         bench_train(model, args, device, flops, peak_tflops, report)

@@ -80,7 +80,8 @@ def measure_objective(preset: str, batch_size: int, objective_name: str, mask_ra
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
     batch = make_batch(model, batch_size, device)
     # the frozen teacher costs what any forward of this network costs: the model stands in for it
-    objective = FACMObjective(OBJECTIVES[objective_name], mask_ratio=mask_ratio, teacher=model)
+    objective = FACMObjective(OBJECTIVES[objective_name], patch_size=model.config.patch_size,
+                              mask_ratio=mask_ratio, teacher=model)
 
     def step():
         with autocast(device, dtype):

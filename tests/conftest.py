@@ -89,11 +89,7 @@ class GaussianVelocity(nn.Module):
         t = torch.as_tensor(t, dtype=x.dtype).expand(x.shape[0]).reshape(-1, 1, 1, 1)
         s = t.abs().clamp_min(1e-6)
         sample = torch.where(t < 0, self.instantaneous(x, s), self.average(x, s))
-        tokens = (x.shape[-1] // self.patch_size) ** 2
-        removed = torch.zeros(x.shape[0], tokens, dtype=torch.bool)
-        if token_mask is not None:
-            removed = token_mask.removed
-        return MaskDiTOutput(sample=sample, mask=removed)
+        return MaskDiTOutput(sample=sample)
 
 
 @pytest.fixture(scope="session")

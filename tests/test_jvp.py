@@ -115,7 +115,7 @@ def test_loss_gradients_equal_the_shared_graph_jvp():
     model = randomize_(make_tiny_model(cross_attention=True), std=0.1).double()
     teacher = randomize_(make_tiny_model(cross_attention=True), std=0.1, seed=1).double()
     config = ObjectiveConfig(tangent="jvp", consistency_batch_fraction=0.5)
-    objective = facm.FACMObjective(config, mask_ratio=0.5, teacher=teacher)
+    objective = facm.FACMObjective(config, patch_size=4, mask_ratio=0.5, teacher=teacher)
     batch = double_batch()
     decoupled = loss_gradients(objective, model, batch)
     with mock.patch.object(facm, "velocity_and_time_derivative", shared_graph_jvp):

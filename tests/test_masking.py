@@ -34,14 +34,6 @@ def test_restore_is_the_inverse_permutation():
     assert torch.all(restored[mask.removed] == 123.0)
 
 
-def test_from_removed_reproduces_the_mask():
-    mask = TokenMask.random(4, 32, 0.5, torch.Generator().manual_seed(2))
-    again = TokenMask.from_removed(mask.removed)
-    assert torch.equal(again.removed, mask.removed)
-    told = TokenMask.from_removed(mask.removed, num_kept=16)  # no host read-back of the count
-    assert told.num_kept == again.num_kept and torch.equal(told.ids_shuffle, again.ids_shuffle)
-    with pytest.raises(ValueError, match="same number"):
-        TokenMask.from_removed(torch.tensor([[True, False], [False, False]]))
 
 
 def test_bad_ratio_is_refused():
@@ -57,10 +49,11 @@ def test_encoder_sees_only_kept_tokens():
     hooks += [b.register_forward_pre_hook(lambda m, args: decoder_seen.append(args[0].shape[1]))
               for b in model.decoder_blocks]
     batch = make_batch()
-    out = model(batch.latents, torch.rand(4), **batch.text.model_kwargs(), mask_ratio=0.5)
+    mask = TokenMask.random(4, 16, 0.5, torch.Generator().manual_seed(0))
+    model(batch.latents, torch.rand(4), **batch.text.model_kwargs(), token_mask=mask)
     assert seen == [8] * len(model.encoder_blocks)  # 16 tokens, half kept
     assert decoder_seen == [16] * len(model.decoder_blocks)
-    assert torch.equal(out.mask.sum(dim=1), torch.full((4,), 8))
+    assert torch.equal(mask.removed.sum(dim=1), torch.full((4,), 8))
     for h in hooks:
         h.remove()
 
@@ -88,7 +81,9 @@ def test_decoder_restores_original_order():
     model = randomize_(make_tiny_model())
     batch = make_batch()
     mask = TokenMask.random(4, 16, 0.5, torch.Generator().manual_seed(3))
-    reordered = TokenMask.from_removed(mask.removed)
+    # the same removed set, kept tokens first in token order
+    reordered = TokenMask(mask.removed.to(torch.uint8).argsort(dim=1, stable=True), mask.num_kept)
+    assert torch.equal(reordered.removed, mask.removed)
     assert not torch.equal(mask.ids_keep, reordered.ids_keep)
     t = torch.full((4,), -0.6)
     a = model(batch.latents, t, batch.text.pooled, token_mask=mask).sample

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from eidos.model import MaskDiT
+from eidos.model import MaskDiT, TokenMask
 from tests.conftest import make_batch, make_tiny_model, randomize_
 
 
@@ -9,7 +9,6 @@ def test_output_shape_and_empty_mask(tiny_model):
     batch = make_batch()
     out = tiny_model(batch.latents, torch.rand(4), **batch.text.model_kwargs())
     assert out.sample.shape == batch.latents.shape
-    assert out.mask.shape == (4, 16) and out.mask.dtype == torch.bool and not out.mask.any()
     scalar_t = tiny_model(batch.latents, 0.5, batch.text.pooled).sample
     assert scalar_t.shape == batch.latents.shape
 
@@ -20,7 +19,8 @@ def test_every_block_is_identity_at_init_and_output_ignores_input():
     diffs = []
     for block in [*model.encoder_blocks, *model.decoder_blocks]:
         block.register_forward_hook(lambda m, args, out: diffs.append((out - args[0]).abs().max().item()))
-    a = model(batch.latents, torch.rand(4), **batch.text.model_kwargs(), mask_ratio=0.5).sample
+    mask = TokenMask.random(4, 16, 0.5, torch.Generator().manual_seed(0))
+    a = model(batch.latents, torch.rand(4), **batch.text.model_kwargs(), token_mask=mask).sample
     b = model(torch.randn_like(batch.latents) * 5, torch.rand(4), **batch.text.model_kwargs()).sample
     assert len(diffs) == 6 and max(diffs) == 0.0
     assert torch.equal(a, torch.zeros_like(a)) and torch.equal(b, torch.zeros_like(b))
@@ -79,10 +79,9 @@ def test_math_attention_equals_sdpa():
     model = randomize_(make_tiny_model(cross_attention=True))
     batch = make_batch()
     batch.text.mask[:, 4] = False
-    kwargs = dict(t=torch.rand(4), **batch.text.model_kwargs(), mask_ratio=0.5)
-    kwargs["generator"] = torch.Generator().manual_seed(0)
+    mask = TokenMask.random(4, 16, 0.5, torch.Generator().manual_seed(0))
+    kwargs = dict(t=torch.rand(4), **batch.text.model_kwargs(), token_mask=mask)
     a = model(batch.latents, **kwargs).sample
-    kwargs["generator"] = torch.Generator().manual_seed(0)
     b = model(batch.latents, **kwargs, math_attention=True).sample
     assert torch.allclose(a, b, atol=1e-5)
 

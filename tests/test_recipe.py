@@ -30,7 +30,7 @@ class NoiseOverTime(torch.nn.Module):
     def forward(self, x, t, drop_text=None, token_mask=None, mask_ratio=0.0, generator=None, **_ignored):
         self.conditions.append(t.detach().clone())
         sample = x / t.abs().reshape(-1, 1, 1, 1)
-        return MaskDiTOutput(sample=sample, mask=torch.zeros(x.shape[0], (x.shape[-1] // 4) ** 2, dtype=torch.bool))
+        return MaskDiTOutput(sample=sample)
 
 
 def zero_batch(size=8):
@@ -39,7 +39,7 @@ def zero_batch(size=8):
 
 def test_flow_phase_trains_both_branches_as_flow_in_one_forward():
     model = NoiseOverTime()
-    objective = FACMObjective(ObjectiveConfig(consistency_batch_fraction=0.25), consistency=False)
+    objective = FACMObjective(ObjectiveConfig(consistency_batch_fraction=0.25), patch_size=4, consistency=False)
     loss, parts = objective(model, zero_batch(8), torch.Generator().manual_seed(0))
     assert len(model.conditions) == 1  # no JVP, no guidance pass
     t = model.conditions[0]
@@ -51,7 +51,7 @@ def test_flow_phase_trains_both_branches_as_flow_in_one_forward():
 
 def test_flow_phase_of_plain_flow_matching_has_no_consistency_share():
     model = NoiseOverTime()
-    FACMObjective(ObjectiveConfig(consistency_weight=0.0), consistency=False)(model, zero_batch(8))
+    FACMObjective(ObjectiveConfig(consistency_weight=0.0), patch_size=4, consistency=False)(model, zero_batch(8))
     assert (model.conditions[0] < 0).all()
 
 
@@ -89,7 +89,8 @@ def test_an_exact_model_has_zero_consistency_loss_with_a_flow_teacher():
     G = u - s dG/ds holds, so the FACM target equals G and the consistency loss vanishes."""
     exact = GaussianVelocity(MU, SIGMA0)
     batch = Batch(MU + SIGMA0 * torch.randn(8, 3, 16, 16), TextEmbeddings(torch.zeros(8, 16)))
-    objective = FACMObjective(ObjectiveConfig(consistency_batch_fraction=1.0, text_dropout=0.0), teacher=exact)
+    config = ObjectiveConfig(consistency_batch_fraction=1.0, text_dropout=0.0)
+    objective = FACMObjective(config, patch_size=4, teacher=exact)
     _, parts = objective(exact, batch, torch.Generator().manual_seed(0))
     assert parts["cm"].item() < 1e-4
     assert parts["fm"].item() > 0.1  # the anchor still regresses single-sample velocities
@@ -98,12 +99,12 @@ def test_an_exact_model_has_zero_consistency_loss_with_a_flow_teacher():
 def test_network_calls_per_step_by_teacher():
     exact = GaussianVelocity(MU, SIGMA0)
     batch = Batch(MU + SIGMA0 * torch.randn(4, 3, 16, 16), TextEmbeddings(torch.zeros(4, 16)))
-    FACMObjective(ObjectiveConfig(consistency_teacher="flow_branch"))(exact, batch)
-    assert exact.calls == 3  # flow anchor + teacher (conditional and unconditional in one batch) + JVP
-    FACMObjective(ObjectiveConfig(consistency_teacher="sample", guidance_scale=1.75))(exact, batch)
-    assert exact.calls == 3 + 4  # flow + unconditional for the anchor + unconditional for the share + JVP
-    FACMObjective(ObjectiveConfig(consistency_teacher="sample", guidance_scale=1.0))(exact, batch)
-    assert exact.calls == 7 + 2
+    FACMObjective(ObjectiveConfig(consistency_teacher="flow_branch"), patch_size=4)(exact, batch)
+    assert exact.calls == 4  # flow anchor + teacher (conditional and unconditional in one batch) + G + JVP pass
+    FACMObjective(ObjectiveConfig(consistency_teacher="sample", guidance_scale=1.75), patch_size=4)(exact, batch)
+    assert exact.calls == 4 + 5  # flow + unconditional for the anchor + unconditional for the share + G + JVP
+    FACMObjective(ObjectiveConfig(consistency_teacher="sample", guidance_scale=1.0), patch_size=4)(exact, batch)
+    assert exact.calls == 9 + 3
 
 
 def test_learning_rate_warms_up_once_and_stages_keep_their_rates():
@@ -231,6 +232,6 @@ def test_the_frozen_teacher_objective_calls_the_teacher_not_the_student():
     batch = Batch(MU + SIGMA0 * torch.randn(4, 3, 16, 16), TextEmbeddings(torch.zeros(4, 16)))
     config = ObjectiveConfig(consistency_teacher="frozen")
     with pytest.raises(ValueError, match="needs the frozen teacher"):
-        FACMObjective(config)
-    _, parts = FACMObjective(config, teacher=teacher)(student, batch)
-    assert (student.calls, teacher.calls) == (2, 1)  # flow anchor + JVP; the teacher's one batched call
+        FACMObjective(config, patch_size=4)
+    _, parts = FACMObjective(config, patch_size=4, teacher=teacher)(student, batch)
+    assert (student.calls, teacher.calls) == (3, 1)  # flow anchor + G + JVP pass; the teacher's one batched call

@@ -176,7 +176,7 @@ def test_an_overflowing_jvp_tangent_is_clipped_or_skipped(monkeypatch, bad, fini
 
     monkeypatch.setattr(facm, "velocity_and_time_derivative", overflowing)
     model = make_tiny_model()
-    objective = facm.FACMObjective(ObjectiveConfig(), mask_ratio=0.5, teacher=model)
+    objective = facm.FACMObjective(ObjectiveConfig(), patch_size=4, mask_ratio=0.5, teacher=model)
     loss, parts = objective(model, make_batch(), torch.Generator().manual_seed(0))
     assert bool(torch.isfinite(loss)) == finite and bool(torch.isfinite(parts["cm"])) == finite
 

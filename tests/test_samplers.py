@@ -64,7 +64,7 @@ class SignModel(nn.Module):
         self.batch_sizes.append(x.shape[0])
         sign = torch.ones(x.shape[0]) if drop_text is None else 1 - 2 * drop_text.float()
         sign = sign * text_pooled[:, 0]  # negative prompts carry their own value
-        return MaskDiTOutput(sample=sign.reshape(-1, 1, 1, 1).expand_as(x).clone(), mask=torch.zeros(x.shape[0], 1))
+        return MaskDiTOutput(sample=sign.reshape(-1, 1, 1, 1).expand_as(x).clone())
 
 
 def test_flow_cfg_combines_both_branches_in_one_batched_forward():

@@ -29,10 +29,9 @@ from eidos.model.presets import preset_config
 
 @dataclass
 class MaskDiTOutput(BaseOutput):
-    """sample: (B, C, H, W) predicted velocity; mask: (B, N) bool, True = token removed from the encoder."""
+    """sample: (B, C, H, W) predicted velocity."""
 
     sample: torch.Tensor
-    mask: torch.Tensor
 
 
 class MaskDiT(ModelMixin, ConfigMixin):
@@ -161,13 +160,11 @@ class MaskDiT(ModelMixin, ConfigMixin):
         text_pooled: torch.Tensor | None = None,
         text_tokens: torch.Tensor | None = None,
         text_mask: torch.Tensor | None = None,
-        mask_ratio: float = 0.0,
         token_mask: TokenMask | None = None,
         drop_text: torch.Tensor | None = None,
-        generator: torch.Generator | None = None,
         math_attention: bool = False,
         return_dict: bool = True,
-    ) -> MaskDiTOutput | tuple[torch.Tensor, torch.Tensor]:
+    ) -> MaskDiTOutput | tuple[torch.Tensor]:
         """Predict the velocity G(x, t).
 
         Args:
@@ -176,10 +173,9 @@ class MaskDiT(ModelMixin, ConfigMixin):
             text_pooled: (B, text_dim) pooled text; None = unconditional (learned null text).
             text_tokens: (B, L, text_dim) token states for cross-attention (used when the model has it).
             text_mask: (B, L) True for real tokens.
-            mask_ratio: fraction of tokens removed before the encoder (training); ignored if token_mask is given.
-            token_mask: an explicit `TokenMask`, to reuse one mask across several forwards.
+            token_mask: which tokens the encoder sees (training: the caller draws one `TokenMask` per example
+                and passes it to every forward of that example); None = all tokens.
             drop_text: (B,) bool, True = replace this sample's text by the null text (CFG dropout).
-            generator: RNG for drawing the mask.
             math_attention: explicit softmax attention instead of fused SDPA; needed under torch.func.jvp.
         """
         batch, channels, height, width_px = x.shape
@@ -193,8 +189,6 @@ class MaskDiT(ModelMixin, ConfigMixin):
             t = t.expand(batch)
         if drop_text is None:
             drop_text = torch.zeros(batch, dtype=torch.bool, device=x.device)
-        if token_mask is None and mask_ratio > 0:
-            token_mask = TokenMask.random(batch, self.num_tokens, mask_ratio, generator, x.device)
 
         c = self._condition(t, text_pooled, drop_text)  # (B, width)
         context, context_mask = self._text_context(text_tokens, text_mask, drop_text, batch)
@@ -209,11 +203,6 @@ class MaskDiT(ModelMixin, ConfigMixin):
         h = h + self.decoder_pos_embed
         h = self._run_blocks(self.decoder_blocks, h, c, None, None, math_attention)
         out = unpatchify(self.final_layer(h, c), self.config.patch_size, channels, height)  # (B, C, H, W)
-
-        if token_mask is not None:
-            removed = token_mask.removed
-        else:
-            removed = torch.zeros(batch, self.num_tokens, dtype=torch.bool, device=x.device)
         if not return_dict:
-            return out, removed
-        return MaskDiTOutput(sample=out, mask=removed)
+            return (out,)
+        return MaskDiTOutput(sample=out)

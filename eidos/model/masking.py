@@ -2,7 +2,8 @@
 
 Per sample: draw uniform noise over the N tokens, ids_shuffle = argsort(noise), ids_restore =
 argsort(ids_shuffle); the first round(N (1 - r)) shuffled tokens are kept. The same `TokenMask` object is
-reused for every forward of one training example (flow branch, unconditional pass, JVP primal and tangent).
+drawn once per training example by the objective and passed to every forward of it (flow branch, unconditional
+pass, consistency branch and its tangent).
 """
 
 from __future__ import annotations
@@ -38,18 +39,6 @@ class TokenMask:
     ) -> TokenMask:
         noise = torch.rand(batch_size, num_tokens, generator=generator, device=device)
         return cls(ids_shuffle=noise.argsort(dim=1), num_kept=num_kept_tokens(num_tokens, mask_ratio))
-
-    @classmethod
-    def from_removed(cls, removed: torch.Tensor, num_kept: int | None = None) -> TokenMask:
-        """The mask that removes exactly `removed` (B, N) bool (kept tokens first, in token order).
-
-        Pass `num_kept` when it is known: counting and checking it reads the mask back to the host, a GPU sync.
-        """
-        if num_kept is None:
-            num_kept = int((~removed[0]).sum())
-            if bool(((~removed).sum(dim=1) != num_kept).any()):
-                raise ValueError("every sample of a batch must keep the same number of tokens")
-        return cls(ids_shuffle=removed.to(torch.uint8).argsort(dim=1, stable=True), num_kept=num_kept)
 
     def __getitem__(self, index: slice) -> TokenMask:
         """The masks of a slice of the batch."""

@@ -52,12 +52,6 @@ def guided_velocity(
     return u_uncond + w * (u_cond - u_uncond)
 
 
-def patch_size_of(x: torch.Tensor, removed: torch.Tensor) -> int:
-    """The model's patch size, from the image side and the token count of its mask."""
-    grid = math.isqrt(removed.shape[1])
-    return x.shape[-1] // grid
-
-
 @torch.no_grad()
 def unconditional_velocity(
     model: nn.Module, x_s: torch.Tensor, s: torch.Tensor, text: TextEmbeddings, token_mask: TokenMask | None,
@@ -89,22 +83,23 @@ def teacher_velocity(
 class FACMObjective:
     """`objective(model, batch, generator) -> (loss, parts)` with parts total, fm, cm, mae (detached).
 
-    mask_ratio is the stage's fraction of tokens hidden from the encoder; consistency picks the phase (module
-    docstring); teacher is the frozen network of consistency_teacher "frozen". In the flow phase "cm" is the
-    consistency branch's flow loss. Every random draw (times, noise,
-    text dropout, mask) uses `generator`, so a step is reproducible from it.
+    patch_size is the model's (losses are means over its tokens); mask_ratio is the stage's fraction of tokens
+    hidden from the encoder: the objective draws one `TokenMask` per example and every forward of that example
+    takes it. consistency picks the phase (module docstring); teacher is the frozen network of
+    consistency_teacher "frozen". In the flow phase "cm" is the consistency branch's flow loss. Every random draw
+    (times, noise, text dropout, mask) uses `generator`, so a step is reproducible from it.
     """
 
     def __init__(
-        self, config: ObjectiveConfig, mask_ratio: float = 0.0, consistency: bool = True,
+        self, config: ObjectiveConfig, *, patch_size: int, mask_ratio: float = 0.0, consistency: bool = True,
         teacher: nn.Module | None = None,
     ):
-        if not 0 <= mask_ratio < 1:
-            raise ValueError(f"mask_ratio must be in [0, 1), got {mask_ratio}")
+        num_kept_tokens(1, mask_ratio)  # refuses a ratio outside [0, 1)
         if consistency and config.consistency_teacher == "frozen" and config.consistency_weight > 0 \
                 and teacher is None:
             raise ValueError("objective.consistency_teacher='frozen' needs the frozen teacher network (teacher=...)")
         self.config = config
+        self.patch_size = patch_size
         self.mask_ratio = mask_ratio
         self.consistency = consistency
         self.teacher = teacher
@@ -126,23 +121,24 @@ class FACMObjective:
         s_cm = sample_times(k, cfg.consistency_times, generator, device)  # the consistency branch's own draw
         eps = torch.randn(x0.shape, generator=generator, device=device)
         dropped = torch.rand(size, generator=generator, device=device) < cfg.text_dropout
-        if not self.consistency:
-            return self._flow_phase(model, batch, x0, eps, s, s_cm, dropped, generator)
-        return self._consistency_phase(model, batch, x0, eps, s, s_cm, dropped, generator)
-
-    def _masked_forward(self, model, x_s, t, text, dropped, generator):
-        """One forward with gradients that draws this example's token mask. -> (output, removed, TokenMask)"""
-        flow = model(x_s, t, **text.model_kwargs(), drop_text=dropped, mask_ratio=self.mask_ratio,
-                     generator=generator)
-        removed = flow.mask
         token_mask = None
         if self.mask_ratio > 0:
-            token_mask = TokenMask.from_removed(removed, num_kept_tokens(removed.shape[1], self.mask_ratio))
-        return flow.sample, removed, token_mask
+            token_mask = TokenMask.random(size, self._num_tokens(x0), self.mask_ratio, generator, device)
+        phase = self._consistency_phase if self.consistency else self._flow_phase
+        return phase(model, batch, x0, eps, s, s_cm, dropped, token_mask)
 
-    def _mae(self, pred, x_s, removed, patch_size, device) -> torch.Tensor:
+    def _num_tokens(self, x0: torch.Tensor) -> int:
+        return (x0.shape[-2] // self.patch_size) * (x0.shape[-1] // self.patch_size)
+
+    def _removed(self, token_mask: TokenMask | None, x0: torch.Tensor) -> torch.Tensor:
+        """(B, N) bool, True where the encoder did not see the token."""
+        if token_mask is None:
+            return torch.zeros(x0.shape[0], self._num_tokens(x0), dtype=torch.bool, device=x0.device)
+        return token_mask.removed
+
+    def _mae(self, pred, x_s, removed, device) -> torch.Tensor:
         if self.mask_ratio > 0 and self.config.mae_weight > 0:
-            return masked_reconstruction_loss(pred, x_s, removed, patch_size).mean()
+            return masked_reconstruction_loss(pred, x_s, removed, self.patch_size).mean()
         return torch.zeros((), device=device)
 
     def _parts(self, fm, cm, mae) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -151,28 +147,28 @@ class FACMObjective:
         parts = {"total": total, "fm": fm, "cm": cm, "mae": mae}
         return total, {name: value.detach() for name, value in parts.items()}
 
-    def _flow_phase(self, model, batch, x0, eps, s, s_cm, dropped, generator):
+    def _flow_phase(self, model, batch, x0, eps, s, s_cm, dropped, token_mask):
         """FACM pretraining: both branches regress u = eps - x0; the first k examples take condition +s."""
         k = s_cm.shape[0]
         times = torch.cat([s_cm, s[k:]])
         condition = torch.cat([consistency_condition(s_cm), flow_condition(s[k:])])
         x_s = interpolate(x0, eps, times)
-        pred, removed, _ = self._masked_forward(model, x_s, condition, batch.text, dropped, generator)
-        patch_size = patch_size_of(x0, removed)
-        per_example = velocity_loss(pred, conditional_velocity(x0, eps), ~removed, patch_size)
+        pred = model(x_s, condition, **batch.text.model_kwargs(), drop_text=dropped, token_mask=token_mask).sample
+        removed = self._removed(token_mask, x0)
+        per_example = velocity_loss(pred, conditional_velocity(x0, eps), ~removed, self.patch_size)
         # Each branch's loss is a mean over its own examples; the branches are weighted like in the next phase.
         fm = per_example[k:].mean() if k < x0.shape[0] else torch.zeros((), device=x0.device)
         cm = per_example[:k].mean() if k > 0 else torch.zeros((), device=x0.device)
-        return self._parts(fm, cm, self._mae(pred, x_s, removed, patch_size, x0.device))
+        return self._parts(fm, cm, self._mae(pred, x_s, removed, x0.device))
 
-    def _consistency_phase(self, model, batch, x0, eps, s, s_cm, dropped, generator):
+    def _consistency_phase(self, model, batch, x0, eps, s, s_cm, dropped, token_mask):
         cfg = self.config
         device = x0.device
         x_s = interpolate(x0, eps, s)
         u_cond = conditional_velocity(x0, eps)
-        pred, removed, token_mask = self._masked_forward(model, x_s, flow_condition(s), batch.text, dropped,
-                                                         generator)
-        patch_size = patch_size_of(x0, removed)
+        pred = model(x_s, flow_condition(s), **batch.text.model_kwargs(), drop_text=dropped,
+                     token_mask=token_mask).sample
+        removed = self._removed(token_mask, x0)
         sample_teacher = cfg.consistency_teacher == "sample"
 
         # Flow anchor: plain conditional flow, or (sample teacher) guidance baked into its target.
@@ -181,7 +177,7 @@ class FACMObjective:
             u_uncond = unconditional_velocity(model, x_s, s, batch.text, token_mask)
             target_u = guided_velocity(u_cond, u_uncond, s, dropped, cfg.guidance_scale, cfg.guidance_interval)
         visible = ~removed
-        fm = velocity_loss(pred, target_u, visible, patch_size).mean()
+        fm = velocity_loss(pred, target_u, visible, self.patch_size).mean()
 
         cm = torch.zeros((), device=device)
         k = s_cm.shape[0]
@@ -210,6 +206,6 @@ class FACMObjective:
                 average_velocity, x_cm, s_cm, u_star, cfg.tangent, cfg.finite_difference_step, cfg.tangent_precision
             )
             target = consistency_target(G, dG, u_star, s_cm)
-            per_example = adaptive_consistency_loss(G, target, visible[sub], patch_size, cfg.adaptive_loss_eps)
+            per_example = adaptive_consistency_loss(G, target, visible[sub], self.patch_size, cfg.adaptive_loss_eps)
             cm = (consistency_weight(s_cm) * per_example).mean()
-        return self._parts(fm, cm, self._mae(pred, x_s, removed, patch_size, device))
+        return self._parts(fm, cm, self._mae(pred, x_s, removed, device))

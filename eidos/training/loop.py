@@ -158,6 +158,7 @@ def train(config: Config) -> Path:
         config.model.preset, in_channels=latent_shape[0], sample_size=latent_shape[1],
         text_dim=data.text_dim, **config.model.overrides(),
     )
+    patch_size = model.config.patch_size
     if cfg.gradient_checkpointing:
         model.enable_gradient_checkpointing()
     ema = EMA(model, cfg.ema_decay, cfg.ema_warmup)
@@ -241,8 +242,8 @@ def train(config: Config) -> Path:
                 teacher = None
                 if stage.consistency and config.objective.consistency_teacher == "frozen":
                     teacher = frozen_teacher(accelerator, output_dir, start, state.step, ema, ema_model)
-                objective = FACMObjective(config.objective, mask_ratio=stage.mask_ratio, consistency=stage.consistency,
-                                          teacher=teacher)
+                objective = FACMObjective(config.objective, patch_size=patch_size, mask_ratio=stage.mask_ratio,
+                                          consistency=stage.consistency, teacher=teacher)
                 entering = state.step == start and state.step > 0
                 if stage.reset_optimizer and entering:
                     optimizer.state.clear()  # a fresh optimizer for this stage (DESIGN §3)
