@@ -30,7 +30,7 @@ from diffusers import DiTTransformer2DModel
 from benchmarks.common import machine, median_seconds, print_table, timed_step
 from eidos import Batch, FACMObjective, MaskDiT, ObjectiveConfig, TextEmbeddings
 from eidos.objectives import facm
-from eidos.objectives.consistency import at_least_float32
+from eidos.objectives.path import at_least_float32
 
 OBJECTIVES = {
     "fm": ObjectiveConfig(consistency_weight=0.0, guidance_scale=1.0),

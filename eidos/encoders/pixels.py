@@ -11,6 +11,12 @@ import torch
 from diffusers import ConfigMixin, ModelMixin
 from diffusers.configuration_utils import register_to_config
 
+
+def to_uint8(images: torch.Tensor) -> torch.Tensor:
+    """Images as floats in [0, 1] -> uint8 (0..255, rounded), same shape and device."""
+    return (images.detach().float().clamp(0, 1) * 255).round().to(torch.uint8)
+
+
 # log-std stored for a deterministic codec: exp(-20) ~ 2e-9, so a posterior sample equals the mean.
 DETERMINISTIC_LOGSTD = -20.0
 

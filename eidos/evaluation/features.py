@@ -16,6 +16,8 @@ import importlib
 import torch
 import torch.nn.functional as F
 
+from eidos.encoders.pixels import to_uint8
+
 # A discrete Laplacian: its mean absolute response measures fine structure (edges, grain, block seams).
 _LAPLACIAN = torch.tensor([[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]])
 
@@ -70,7 +72,7 @@ class InceptionFeatures:
     @torch.no_grad()
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         # torch-fidelity takes uint8 images of any size and resizes them to 299 itself, as the TF graph did
-        pixels = (images.clamp(0, 1) * 255).round().to(torch.uint8).to(self.device)
+        pixels = to_uint8(images).to(self.device)
         return self.model(pixels)[0].double().cpu()
 
 

@@ -20,18 +20,13 @@ from functools import partial
 import torch
 
 from eidos.model.layers import patchify
-from eidos.objectives.flow_matching import token_mean
-from eidos.objectives.path import per_sample
+from eidos.objectives.path import at_least_float32, per_sample
+from eidos.objectives.tokens import token_mean
 
 VelocityFn = Callable[..., torch.Tensor]
 """(x (B, C, H, W), t (B,), forward_mode=False) -> G (B, C, H, W): the network with everything else fixed (text,
 mask). forward_mode=True asks for a forward that torch.func.jvp can differentiate (explicit softmax attention:
 the fused SDPA kernels have no forward-mode rule)."""
-
-
-def at_least_float32(x: torch.Tensor) -> torch.Tensor:
-    """Upcast bf16/fp16 to float32; keep float64 (tests check identities in double precision)."""
-    return x.to(torch.promote_types(x.dtype, torch.float32))
 
 
 def velocity_and_time_derivative(

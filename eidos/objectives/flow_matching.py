@@ -6,12 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from eidos.model.layers import patchify
-
-
-def token_mean(per_token: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """Weighted mean over tokens: per_token (B, N), weights (B, N) -> (B,). Zero where a row has no weight."""
-    weights = weights.to(per_token.dtype)
-    return (per_token * weights).sum(dim=1) / weights.sum(dim=1).clamp_min(1.0)
+from eidos.objectives.tokens import token_mean
 
 
 def velocity_loss(

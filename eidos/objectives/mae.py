@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from eidos.model.layers import patchify
-from eidos.objectives.flow_matching import token_mean
+from eidos.objectives.tokens import token_mean
 
 
 def masked_reconstruction_loss(

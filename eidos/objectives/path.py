@@ -10,6 +10,12 @@ from __future__ import annotations
 import torch
 
 
+def at_least_float32(x: torch.Tensor) -> torch.Tensor:
+    """Upcast bf16/fp16 to float32; keep float64 (tests check identities in double precision). Targets and
+    sampler states live in this precision whatever the network's autocast dtype."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
 def per_sample(s: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """(B,) -> (B, 1, ..., 1) broadcastable against `like`."""
     return s.reshape(-1, *([1] * (like.ndim - 1)))

@@ -6,13 +6,15 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
+from eidos.encoders.pixels import to_uint8
+
 LABEL_WIDTH = 200
 HEADER_HEIGHT = 16
 
 
 def to_pil(images: torch.Tensor) -> list[Image.Image]:
     """(B, 3, H, W) in [0, 1] -> PIL images."""
-    array = (images.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    array = to_uint8(images).permute(0, 2, 3, 1).cpu().numpy()
     return [Image.fromarray(a) for a in array]
 
 

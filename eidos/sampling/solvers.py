@@ -9,8 +9,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from torch import nn
 
 from eidos.data.batch import TextEmbeddings
-from eidos.objectives.consistency import at_least_float32
-from eidos.objectives.path import consistency_condition, flow_condition
+from eidos.objectives.path import at_least_float32, consistency_condition, flow_condition
 
 
 def consistency_times(num_steps: int) -> list[float]:
