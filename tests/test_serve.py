@@ -235,6 +235,13 @@ def test_the_page_in_a_headless_browser(server, browser, run_folder, tmp_path):
                what="the new prompt's image")
     assert page_image(browser)[0] != first_src
 
+    # The flow sampler: its options appear and the grid is its 30 guided Euler steps.
+    browser.find_element(By.XPATH, "//label[.//input[@value='flow']]").click()
+    flow = np.asarray(expected.generate(Request("blue heart", sampler="flow")).grid)
+    wait_until(lambda: (shown := page_image(browser)) and np.array_equal(shown[1], flow), what="the flow image")
+    assert "flow sampler, 30 step(s)" in browser.find_element(By.CSS_SELECTOR, "#timing").text
+    assert "Flow guidance scale" in browser.find_element(By.TAG_NAME, "body").text
+
     type_prompt(browser, LONG_PROMPT)
     notice = wait_until(lambda: "truncated" in (text := browser.find_element(By.CSS_SELECTOR, "#notice").text) and text,
                         what="the truncation notice")

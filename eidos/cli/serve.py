@@ -31,6 +31,7 @@ def run(args: argparse.Namespace) -> int:
     pipeline = EidosPipeline.from_pretrained(folder).to(args.device)
     # The page shows a truncated prompt's notice; the pipeline's log warning would repeat it at every keystroke.
     logging.getLogger("eidos.encoders.text").setLevel(logging.ERROR)
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # gradio's requests to its own local server at start
     print(f"serving {folder} on http://{args.host}:{args.port} (Ctrl-C to stop)", flush=True)
     launch_app(build_app(LiveGenerator(pipeline)), args.host, args.port)
     return 0
