@@ -8,9 +8,9 @@ import os
 import sys
 
 from eidos import __version__
-from eidos.cli import data, evaluate, export, sample, train
+from eidos.cli import data, evaluate, export, sample, serve, train
 
-COMMANDS = {"train": train, "sample": sample, "eval": evaluate, "export": export, "data": data}
+COMMANDS = {"train": train, "sample": sample, "eval": evaluate, "export": export, "data": data, "serve": serve}
 DEBUG_HELP = "on an error, print the full traceback (also EIDOS_DEBUG=1)"
 # What a user can cause (a bad path, value, file or permission): one line and exit status 2, no traceback.
 USER_ERRORS = (ValueError, OSError, ImportError)
