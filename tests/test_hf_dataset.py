@@ -108,6 +108,8 @@ def test_clear_errors_before_any_shard_is_written(tmp_path, capsys, monkeypatch)
     assert main(["data", "shards", "--images", str(tmp_path / "images"), "--split", "x", "--out", str(out)]) == 2
     assert "--split goes with --hf-dataset" in capsys.readouterr().err
 
+    assert main(["data", "shards", "--hf-dataset", str(tmp_path / "nothing"), "--out", str(out)]) == 2
+    assert f"{str(tmp_path / 'nothing')!r}: no such file or folder" in capsys.readouterr().err  # not tried as a hub id
     monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)  # as HF_HUB_OFFLINE=1 does: fails at once
     assert main(["data", "shards", "--hf-dataset", "someone/no-such-set", "--out", str(out)]) == 2
     error = capsys.readouterr().err

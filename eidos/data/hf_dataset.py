@@ -95,6 +95,8 @@ def open_rows(source: str, split: str):
         raise ImportError(f"--hf-dataset needs the `datasets` library: {INSTALL_HINT}") from error
 
     path = Path(source).expanduser()
+    if not path.exists() and (source.startswith(("/", ".", "~")) or source.endswith("/")):  # not a hub id
+        raise FileNotFoundError(f"Hugging Face dataset {source!r}: no such file or folder")
     try:
         if (path / "state.json").is_file() or (path / "dataset_dict.json").is_file():
             rows = saved_split(datasets.load_from_disk(str(path)), split, source).to_iterable_dataset()
