@@ -70,8 +70,8 @@ def test_parquet_imagefolder_and_saved_dataset_give_the_folders_shards(tmp_path)
     write_imagefolder(rows, tmp_path / "imagefolder")
     saved = datasets.load_dataset("parquet", data_files=str(tmp_path / "set.parquet"))  # a DatasetDict
     saved.save_to_disk(str(tmp_path / "saved"))
-    for source in ("set.parquet", "imagefolder", "saved"):
-        report = write_shards(hf_dataset_samples(str(tmp_path / source)), tmp_path / f"from_{source}", 2)
+    for number, source in enumerate(("set.parquet", "*.parquet", "imagefolder", "saved")):
+        report = write_shards(hf_dataset_samples(str(tmp_path / source)), tmp_path / f"out-{number}", 2)
         assert report.skipped == folder.skipped, source
         assert_same_shards(shard_contents(report), expected)
         assert isinstance(open_rows(str(tmp_path / source), "train"), datasets.IterableDataset)  # streamed

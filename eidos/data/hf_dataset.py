@@ -95,7 +95,8 @@ def open_rows(source: str, split: str):
         raise ImportError(f"--hf-dataset needs the `datasets` library: {INSTALL_HINT}") from error
 
     path = Path(source).expanduser()
-    if not path.exists() and (source.startswith(("/", ".", "~")) or source.endswith("/")):  # not a hub id
+    local = source.startswith(("/", ".", "~")) or source.endswith("/")  # cannot be a hub id
+    if local and not path.exists() and not source.endswith(".parquet"):  # (a parquet glob is checked below)
         raise FileNotFoundError(f"Hugging Face dataset {source!r}: no such file or folder")
     try:
         if (path / "state.json").is_file() or (path / "dataset_dict.json").is_file():
