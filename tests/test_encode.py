@@ -167,3 +167,37 @@ def test_encode_redoes_a_cache_whose_shard_changed_and_names_caches_of_shards_th
                 del f.attrs["source_mtime_ns"]
         assert main([*args, *changed]) == 0
         assert "encoded 3 samples from 1 shard(s) (0 already done)" in capsys.readouterr().out
+
+
+def test_each_distinct_caption_of_a_shard_is_encoded_once_with_the_per_sample_rows(tmp_path, monkeypatch):
+    from eidos.data.encode import encode_distinct_captions
+    from eidos.encoders.text import TextEncoder, load_text_encoder
+
+    rng = np.random.default_rng(0)
+    captions = ["red apple", "a blue circle", "red apple", "a dog", "a blue circle", "red apple"] * 2
+    for number, caption in enumerate(captions):
+        Image.fromarray(rng.integers(0, 255, (12, 12, 3), dtype=np.uint8)).save(tmp_path / f"{number:02d}.png")
+        (tmp_path / f"{number:02d}.txt").write_text(caption)
+    assert main(["data", "shards", "--images", str(tmp_path), "--out", str(tmp_path / "shards"),
+                 "--samples-per-shard", "6"]) == 0
+    encoded_batches = []
+    plain_encode = TextEncoder.encode
+
+    def counting_encode(self, batch, *args, **kwargs):
+        encoded_batches.append(list(batch))
+        return plain_encode(self, batch, *args, **kwargs)
+
+    monkeypatch.setattr(TextEncoder, "encode", counting_encode)
+    assert main(["data", "encode", "--shards", str(tmp_path / "shards" / "*.tar"), "--out", str(tmp_path / "cache"),
+                 "--resolution", "8"]) == 0
+    assert encoded_batches == [["red apple", "a blue circle", "a dog"]] * 2  # one call per shard, each caption once
+
+    monkeypatch.setattr(TextEncoder, "encode", plain_encode)
+    encoder = load_text_encoder("minilm", 16)
+    every, once = encoder.encode(captions), encode_distinct_captions(encoder, captions)
+    for name in ("pooled", "tokens", "mask"):
+        assert torch.equal(getattr(once, name), getattr(every, name)), name  # bit for bit, float32
+    cache = read_cache(tmp_path / "cache" / "shard-00000.h5")
+    assert cache.captions == captions[:6]
+    assert torch.equal(cache.text.tokens, every.tokens[:6].half()) and torch.equal(cache.text.mask, every.mask[:6])
+    assert torch.equal(cache.text.pooled, every.pooled[:6].half())

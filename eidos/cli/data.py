@@ -11,12 +11,19 @@ import sys
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
     shards = actions.add_parser("shards", help="write webdataset tars ({key}.jpg|png + .txt + .json)",
-                                description="Write webdataset shards from an image folder or from OpenMoji.")
+                                description="Write webdataset shards from an image folder, a Hugging Face "
+                                            "dataset or OpenMoji.")
     source = shards.add_mutually_exclusive_group(required=True)
     source.add_argument("--images", help="folder of images (searched recursively); captions from {stem}.txt "
                                          "sidecars unless --captions is given")
+    source.add_argument("--hf-dataset", metavar="PATH_OR_ID",
+                        help="a Hugging Face `datasets` dataset, streamed: parquet file(s), an imagefolder with "
+                             "metadata.jsonl, a save_to_disk folder or a hub id (needs the extra eidos[hf])")
     source.add_argument("--openmoji", action="store_true", help="the embedded OpenMoji set, rendered at 128 px")
     shards.add_argument("--captions", help="csv/tsv/jsonl with columns file (or image) and caption (or text)")
+    for flag, default, what in (("--split", "train", "the split to read"), ("--image-column", "image", "image column"),
+                                ("--caption-column", "text", "caption column")):
+        shards.add_argument(flag, help=f"with --hf-dataset: {what} (default {default})")
     shards.add_argument("--skin-tone-variants", choices=("keep", "drop"), default="keep",
                         help="with --openmoji: keep all variants or one image per base emoji (default keep)")
     shards.add_argument("--out", required=True, help="output folder for shard-00000.tar, ...")
@@ -123,17 +130,24 @@ def run_encode(args: argparse.Namespace) -> int:
 def run_shards(args: argparse.Namespace) -> int:
     from eidos.cli.checks import check_writable_folder
     from eidos.data import openmoji
+    from eidos.data.hf_dataset import hf_dataset_samples
     from eidos.data.shards import image_folder_samples, openmoji_samples, write_shards
 
     if args.samples_per_shard < 1:
         raise ValueError(f"--samples-per-shard must be >= 1, got {args.samples_per_shard}")
     if args.captions and not args.images:
         raise ValueError("--captions goes with --images")
+    hf_options = {"split": "train", "image_column": "image", "caption_column": "text"}
+    for name in hf_options:
+        if getattr(args, name) is not None and not args.hf_dataset:
+            raise ValueError(f"--{name.replace('_', '-')} goes with --hf-dataset")
     check_writable_folder(args.out, "--out")
     not_included = {}
     if args.openmoji:
         items, not_included = openmoji.list_emoji(args.skin_tone_variants)
         samples = openmoji_samples(items)
+    elif args.hf_dataset:
+        samples = hf_dataset_samples(args.hf_dataset, **{k: getattr(args, k) or v for k, v in hf_options.items()})
     else:
         samples = image_folder_samples(args.images, args.captions)
     report = write_shards(samples, args.out, args.samples_per_shard)

@@ -1,7 +1,8 @@
 """Encode webdataset shards into HDF5 caches: one cache file per shard, written atomically, so a rerun skips
 the shards that are done. Images are converted to RGB (grey, CMYK, palette; alpha composited on white),
 centre-cropped to a square and resized to the resolution; undecodable images, empty captions and the tail of a
-truncated shard are skipped and counted.
+truncated shard are skipped and counted. Each distinct caption of a shard goes through the text encoder once: sets
+with few captions (class names, templates) are then bound by image decoding, not by the text encoder.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import torch
 import webdataset as wds
 from PIL import Image
 
+from eidos.data.batch import TextEmbeddings
 from eidos.data.cache import FORMAT_VERSION, EncodedSet, cache_attributes_of, source_stamp, write_cache
 from eidos.data.shards import IMAGE_ERRORS
 from eidos.encoders.codecs import encode_moments, scaling_factor
@@ -178,9 +180,17 @@ def encode_shard(contents: ShardContents, out: Path, codec, text_encoder, attrib
     mean, logstd = encode_images(codec, np.stack(contents.images), batch_size, device)
     meta = {**attributes, "format_version": FORMAT_VERSION, "scaling_factor": scaling_factor(codec),
             "source": str(contents.path), **contents.stamp, "complete": contents.whole}
-    write_cache(out, EncodedSet(mean, logstd, text_encoder.encode(contents.captions), contents.captions,
-                                contents.keys, meta))
+    text = encode_distinct_captions(text_encoder, contents.captions)
+    write_cache(out, EncodedSet(mean, logstd, text, contents.captions, contents.keys, meta))
     return len(contents.keys)
+
+
+def encode_distinct_captions(text_encoder, captions: list[str]) -> TextEmbeddings:
+    """`text_encoder.encode(captions)`, with each distinct caption encoded once and its rows repeated. The rows
+    are those of encoding every caption: captions are padded to the same length and encoded independently."""
+    distinct = list(dict.fromkeys(captions))  # first-seen order
+    row = {caption: index for index, caption in enumerate(distinct)}
+    return text_encoder.encode(distinct)[torch.tensor([row[caption] for caption in captions])]
 
 
 def check_shard_names(shards: list[Path]) -> None:

@@ -94,9 +94,9 @@ def check_key(key: str, seen: set[str]) -> None:
     seen.add(key)
 
 
-def _checked_image(path: Path) -> tuple[bytes, str] | str:
-    """(file bytes, extension) of a decodable image, or the reason it is not usable."""
-    data = path.read_bytes()
+def checked_image(data: bytes) -> tuple[bytes, str] | str:
+    """(bytes to store, extension) of a decodable encoded image, or the reason it is not usable. JPEG and PNG
+    files are kept byte for byte; other formats are re-encoded as PNG."""
     try:
         with Image.open(io.BytesIO(data)) as image:
             image.load()  # decodes the pixels: catches truncated files that verify() lets through
@@ -165,7 +165,7 @@ def image_folder_samples(images: str | Path, captions_file: str | Path | None = 
         if not caption.strip():
             yield ("missing or empty caption", str(path))
             continue
-        checked = _checked_image(path)
+        checked = checked_image(path.read_bytes())
         if isinstance(checked, str):
             yield (checked, str(path))
             continue
