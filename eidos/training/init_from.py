@@ -90,8 +90,7 @@ class InitSource:
                  for key, value in wanted.items() if key != "sample_size" and source.get(key) != value]
         if shape:
             raise self.fail(f"its transformer has another shape: {'; '.join(shape)}; a fine-tune keeps the source's "
-                            f"shape (its {self.export / 'transformer' / 'config.json'}), e.g. model.preset="
-                            f"{config.model.preset!r} with the same overrides it was trained with")
+                            f"shape: set these as in {self.export / 'transformer' / 'config.json'}")
         old, new = source["sample_size"], wanted["sample_size"]
         if old != new:
             patch = wanted["patch_size"]
