@@ -256,9 +256,13 @@ class TrainConfig:
     H200; compiling takes tens of seconds at the start and again when a stage changes the token count).
     time_limit_minutes: stop (checkpoint and export) once this much wall-clock time of training has passed in
     this invocation, even before max_steps (0 = no limit); for equal-time comparisons, so the stopping step
-    depends on the machine, and rerunning continues the run."""
+    depends on the machine, and rerunning continues the run.
+    init_from: fine-tune: start from a trained Eidos model (an exported pipeline folder, a checkpoint folder, a
+    run folder or a Hub id; eidos/training/init_from.py) with the same codec, text encoder and model shape; fresh
+    optimizer and step count. Read when the run starts, not when it resumes from its own checkpoint."""
 
     output_dir: str = "runs/openmoji"
+    init_from: str = ""
     seed: int = 0
     batch_size: int = 64
     max_steps: int = 2000
@@ -436,6 +440,11 @@ def _apply_override(data: dict, override: str) -> None:
 RETIRED_KEYS = {("data", "num_workers"): "the loader needs no worker processes"}
 
 
+# Sections the trainer writes into a run's config.yaml as a record, not a setting: dropped when it is read.
+STARTED_FROM = "started_from"  # where a fine-tune started (eidos/training/init_from.py)
+RECORD_SECTIONS = (STARTED_FROM,)
+
+
 # Older configs drew one time for both branches (objective.time_sampler/time_mean/time_std).
 OLD_TIME_KEYS = {"time_sampler": "sampler", "time_mean": "mean", "time_std": "std"}
 
@@ -464,6 +473,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Co
         if not isinstance(data, dict):
             raise ValueError(f"config file {path} must hold a mapping of sections, got {type(data).__name__}")
         _drop_retired_keys(data, path)
+        for section in RECORD_SECTIONS:
+            data.pop(section, None)
     if overrides:
         data = _plain(_build(Config, data, "").to_dict())  # fill defaults so list items can be overridden
         for override in overrides:

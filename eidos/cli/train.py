@@ -23,6 +23,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="run folder (train.output_dir); rerunning resumes from its latest checkpoint")
     parser.add_argument("--max-steps", type=int, help="total optimizer steps over all stages (train.max_steps)")
     parser.add_argument("--checkpoint-every", type=int, help="steps between checkpoints (train.checkpoint_every)")
+    parser.add_argument("--init-from", help="fine-tune: start from this trained model (export, checkpoint or run "
+                        "folder, or Hub id; train.init_from)")
     parser.add_argument("--seed", type=int, help="seed of data order, noise, masks and init (train.seed)")
     parser.add_argument("overrides", nargs="*", metavar="key.path=value",
                         help="dotted config overrides, e.g. train.batch_size=32 model.preset=tiny")
@@ -31,7 +33,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def config_from_args(args: argparse.Namespace):
     overrides = list(args.overrides)
     for flag, key in (("output_dir", "train.output_dir"), ("max_steps", "train.max_steps"),
-                      ("checkpoint_every", "train.checkpoint_every"), ("seed", "train.seed")):
+                      ("checkpoint_every", "train.checkpoint_every"), ("seed", "train.seed"),
+                      ("init_from", "train.init_from")):
         value = getattr(args, flag)
         if value is not None:
             overrides.append(f"{key}={value}")

@@ -40,6 +40,7 @@ from eidos.sampling.pipeline import EidosPipeline, save_pipeline
 from eidos.training.checkpoint import TrainerState, latest_checkpoint, load_checkpoint, save_checkpoint
 from eidos.training.ema import EMA
 from eidos.training.faults import NonFiniteTraining, StopRequest, TrainingInterrupted
+from eidos.training.init_from import init_source, run_config
 from eidos.training.previews import build_preview_set, render_previews
 from eidos.training.run_folder import check_run_folder
 from eidos.training.teacher import frozen_teacher
@@ -118,6 +119,8 @@ def train(config: Config) -> Path:
     cfg = config.train
     output_dir = Path(cfg.output_dir)
     check_run_folder(output_dir, config.to_dict())  # before any work: never write into a folder that isn't ours
+    checkpoint = latest_checkpoint(output_dir)
+    source = init_source(config, resuming=checkpoint is not None)  # a fine-tune's start (not read on resume)
     tracker = None if cfg.tracker == "none" else cfg.tracker
     # cpu=True on a machine without CUDA: accelerate then runs `torchrun --nproc_per_node N` as gloo DDP
     # (without it every CPU process believed it was alone).
@@ -141,6 +144,8 @@ def train(config: Config) -> Path:
         cache_files(config.data)
     codec = load_codec(config.encoders.codec)
     text_encoder = load_text_encoder(config.encoders.text, config.encoders.text_max_length)
+    if source is not None:  # before the data: a mismatch costs no encoding
+        source.check(config, codec, text_encoder)
     data = open_training_data(config, codec, text_encoder, rank, accelerator.main_process_first)
     if config.data.source == "shards":  # encoded on the fly, on the training device
         codec, text_encoder.model = codec.to(device), text_encoder.model.to(device)
@@ -162,6 +167,8 @@ def train(config: Config) -> Path:
     if cfg.gradient_checkpointing:
         model.enable_gradient_checkpointing()
     ema = EMA(model, cfg.ema_decay, cfg.ema_warmup)
+    if source is not None:
+        source.load_into(model, ema)
     ema_model = copy.deepcopy(model).eval().requires_grad_(False).to(device)
     if cfg.compile:  # after the copy: a compiled block's deepcopy would still call the original block
         model.compile_blocks()
@@ -175,7 +182,6 @@ def train(config: Config) -> Path:
         ema.shadow[name] = ema.shadow[name].to(device)
 
     state = TrainerState()
-    checkpoint = latest_checkpoint(output_dir)
     if checkpoint is not None:
         state = load_checkpoint(accelerator, checkpoint, ema)
         logger.info("resumed from %s at step %d", checkpoint, state.step)
@@ -195,7 +201,7 @@ def train(config: Config) -> Path:
     autocast = _autocast(config, device)
     if accelerator.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
-        (output_dir / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+        (output_dir / "config.yaml").write_text(yaml.safe_dump(run_config(config, source), sort_keys=False))
         (output_dir / "samples").mkdir(exist_ok=True)
         logger.info("model: %.2fM parameters; %s training images, %d held out; micro-batch %d on %d process(es)",
                     sum(p.numel() for p in model.parameters()) / 1e6, data.num_samples or "a stream of",
