@@ -29,7 +29,7 @@ import torch
 from PIL import Image
 
 from benchmarks.common import machine, median_seconds, print_table
-from eidos.data.batch import TextEmbeddings
+from eidos.batch import TextEmbeddings
 from eidos.data.cache import EncodedSet, concat_sets, read_cache, write_cache
 from eidos.data.encode import read_shard, to_rgb_square
 from eidos.data.loader import EpochOrder, gather

@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 import torch
 
+from eidos.batch import TextEmbeddings
 from eidos.config import DataConfig, EncodersConfig
-from eidos.data.batch import TextEmbeddings
 from eidos.data.cache import EncodedSet, read_cache, write_cache
 from eidos.data.embedded import cache_attributes, prepare_openmoji
 from eidos.data.loader import EncodedBatch, EpochOrder

@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
+from eidos.batch import Batch, TextEmbeddings
 from eidos.config import ObjectiveConfig, TimeDistribution, load_config
-from eidos.data.batch import Batch, TextEmbeddings
 from eidos.model.maskdit import MaskDiTOutput
 from eidos.objectives import FACMObjective
 from eidos.objectives.facm import teacher_velocity

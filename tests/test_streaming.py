@@ -6,9 +6,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from eidos.batch import TextEmbeddings
 from eidos.cli.train import default_config_path
 from eidos.config import load_config
-from eidos.data.batch import TextEmbeddings
 from eidos.data.cache import EncodedSet, concat_sets, read_cache, write_cache
 from eidos.data.embedded import cache_attributes
 from eidos.data.loader import EpochOrder, Prefetcher, micro_batch_start

@@ -1,5 +1,2 @@
-"""Data: the batch types, the embedded OpenMoji set, the HDF5 cache and the resumable loader."""
-
-from eidos.data.batch import Batch, TextEmbeddings
-
-__all__ = ["Batch", "TextEmbeddings"]
+"""Data: the embedded OpenMoji set, webdataset shards, the HDF5 cache and the resumable loader (the batch types
+live in `eidos.batch`)."""

@@ -22,7 +22,7 @@ import h5py
 import numpy as np
 import torch
 
-from eidos.data.batch import TextEmbeddings
+from eidos.batch import TextEmbeddings
 
 FORMAT_VERSION = 1
 MATCHED_ATTRIBUTES = ("format_version", "codec", "text_encoder", "text_max_length", "resolution")

@@ -21,7 +21,7 @@ import torch
 import webdataset as wds
 from PIL import Image
 
-from eidos.data.batch import TextEmbeddings
+from eidos.batch import TextEmbeddings
 from eidos.data.cache import FORMAT_VERSION, EncodedSet, cache_attributes_of, source_stamp, write_cache
 from eidos.data.shards import IMAGE_ERRORS
 from eidos.encoders.codecs import encode_moments, scaling_factor

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from eidos.data.batch import Batch, TextEmbeddings
+from eidos.batch import Batch, TextEmbeddings
 from eidos.data.cache import EncodedSet
 from eidos.data.streamed import StreamedCache
 

@@ -14,7 +14,7 @@ import h5py
 import numpy as np
 import torch
 
-from eidos.data.batch import TextEmbeddings
+from eidos.batch import TextEmbeddings
 from eidos.data.cache import EncodedSet, checked_attributes, decode_strings, open_cache
 
 _ARRAYS = ("latent_mean", "latent_logstd", "text_pooled", "text_tokens", "text_mask")

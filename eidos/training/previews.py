@@ -13,8 +13,8 @@ from dataclasses import dataclass
 import torch
 from PIL import Image
 
+from eidos.batch import TextEmbeddings
 from eidos.config import SamplingConfig
-from eidos.data.batch import TextEmbeddings
 from eidos.data.cache import EncodedSet
 from eidos.encoders.codecs import decode
 from eidos.sampling import sample_consistency, sample_flow_euler
