@@ -25,9 +25,9 @@ import webdataset as wds
 from PIL import Image
 
 from eidos.cli.main import build_parser, main, parse
-from eidos.data.encode import ends_with_end_of_archive
-from eidos.data.shard_stream import ShardStream
-from eidos.data.shards import ShardSample, write_shards
+from eidos.data.prepare.shard_encoder import ends_with_end_of_archive
+from eidos.data.prepare.shard_writer import ShardSample, write_shards
+from eidos.data.streamed_shards import ShardStream
 from tests.conftest import mounted_tmpfs
 
 

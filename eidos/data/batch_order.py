@@ -16,7 +16,7 @@ import torch
 
 from eidos.batch import Batch, TextEmbeddings
 from eidos.data.cache import EncodedSet
-from eidos.data.streamed import StreamedCache
+from eidos.data.streamed_cache import StreamedCache
 
 
 @dataclass
