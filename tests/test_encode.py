@@ -7,8 +7,7 @@ import torch
 from PIL import Image
 
 from eidos.cli.main import main
-from eidos.cli.train import default_config_path
-from eidos.config import load_config
+from eidos.config import default_config_path, load_config
 from eidos.data.cache import read_cache
 from eidos.data.images import to_rgb_square
 from eidos.training.loop import train

@@ -154,8 +154,7 @@ def train_into_a_foreign_folder(ws):
 def resume_with_another_model_size(ws):
     import yaml
 
-    from eidos.cli.train import default_config_path
-    from eidos.config import load_config
+    from eidos.config import default_config_path, load_config
 
     run = ws.root / "run"
     saved = load_config(default_config_path(), [f"train.output_dir={run}"]).to_dict()

@@ -10,8 +10,7 @@ import pytest
 import webdataset as wds
 from PIL import Image
 
-from eidos.cli.train import default_config_path
-from eidos.config import load_config
+from eidos.config import default_config_path, load_config
 from eidos.data.streamed_shards import ShardStream, shard_urls
 from eidos.training.loop import train
 

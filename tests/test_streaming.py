@@ -7,8 +7,7 @@ import torch
 from safetensors.torch import load_file
 
 from eidos.batch import TextEmbeddings
-from eidos.cli.train import default_config_path
-from eidos.config import load_config
+from eidos.config import default_config_path, load_config
 from eidos.data.batch_order import EpochOrder, Prefetcher, micro_batch_start
 from eidos.data.cache import EncodedSet, cache_attributes, concat_sets, read_cache, write_cache
 from eidos.data.streamed_cache import StreamedCache
