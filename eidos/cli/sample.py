@@ -24,7 +24,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from eidos.cli.checks import check_device
-    from eidos.sampling.grid import labelled_grid
+    from eidos.image_grids import labelled_grid
     from eidos.sampling.pipeline import EidosPipeline
     from eidos.training.run_folder import resolve_model_folder
 
