@@ -22,8 +22,8 @@ import torch
 
 from benchmarks.common import machine, median_seconds, print_table
 from benchmarks.loader import synthetic_jpegs
-from eidos.data import encode
-from eidos.data.shards import ShardSample, write_shards
+from eidos.data.prepare import shard_encoder
+from eidos.data.prepare.shard_writer import ShardSample, write_shards
 from eidos.encoders import load_codec, load_text_encoder
 
 CPU = torch.device("cpu")
@@ -55,14 +55,14 @@ def main() -> None:
         shards = write_shards(samples, Path(tmp) / "shards", args.samples_per_shard).shards
 
         def read_and_decode():
-            for _ in encode.read_shards_ahead(shards, args.resolution, Counter(), args.decode_threads):
+            for _ in shard_encoder.read_shards_ahead(shards, args.resolution, Counter(), args.decode_threads):
                 pass
 
         def encode_all():
             written = 0
-            for contents in encode.read_shards_ahead(shards, args.resolution, Counter(), args.decode_threads):
+            for contents in shard_encoder.read_shards_ahead(shards, args.resolution, Counter(), args.decode_threads):
                 out = Path(tmp) / "cache" / f"{contents.path.stem}.h5"
-                written += encode.encode_shard(contents, out, codec, text_encoder, attributes, 32, CPU)
+                written += shard_encoder.encode_shard(contents, out, codec, text_encoder, attributes, 32, CPU)
             assert written == args.images, written
 
         timed: dict[str, float] = {}
@@ -72,13 +72,13 @@ def main() -> None:
             return timed[stage]
 
         once = measure("`eidos data encode`, each distinct caption of a shard encoded once (now)", encode_all)
-        with mock.patch.object(encode, "encode_distinct_captions", every_caption):
+        with mock.patch.object(shard_encoder, "encode_distinct_captions", every_caption):
             before = measure("`eidos data encode`, every sample's caption encoded (before)", encode_all)
         decode = measure("reading + decoding the shards alone (tar read, JPEG decode, crop, resize)", read_and_decode)
         measure("MiniLM alone on every sample's caption", lambda: text_encoder.encode(captions))
         per_shard = [captions[i : i + args.samples_per_shard] for i in range(0, args.images, args.samples_per_shard)]
         measure("MiniLM alone on each shard's distinct captions",
-                lambda: [encode.encode_distinct_captions(text_encoder, shard) for shard in per_shard])
+                lambda: [shard_encoder.encode_distinct_captions(text_encoder, shard) for shard in per_shard])
     print(f"{args.images} images of 256 x 256 JPEG, {len(CAPTIONS)} distinct captions, {len(shards)} shards, "
           f"pixels codec at {args.resolution} px, MiniLM 16 tokens, {args.decode_threads} decode threads, "
           f"{torch.get_num_threads()} torch threads (median of {args.repeats})\n")

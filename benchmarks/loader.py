@@ -29,12 +29,13 @@ import torch
 from PIL import Image
 
 from benchmarks.common import machine, median_seconds, print_table
-from eidos.data.batch import TextEmbeddings
+from eidos.batch import TextEmbeddings
+from eidos.data.batch_order import EpochOrder, gather
 from eidos.data.cache import EncodedSet, concat_sets, read_cache, write_cache
-from eidos.data.encode import read_shard, to_rgb_square
-from eidos.data.loader import EpochOrder, gather
-from eidos.data.shard_stream import ShardStream
-from eidos.data.streamed import StreamedCache
+from eidos.data.images import to_rgb_square
+from eidos.data.prepare.shard_encoder import read_shard
+from eidos.data.streamed_cache import StreamedCache
+from eidos.data.streamed_shards import ShardStream
 
 CPU = torch.device("cpu")
 # Trainer consumption in samples/s, from BENCHMARKS.md: the embedded default on our 2-core CPU (masked stage),

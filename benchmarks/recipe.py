@@ -32,8 +32,7 @@ import time
 from pathlib import Path
 
 from benchmarks.common import machine
-from eidos.cli.train import default_config_path
-from eidos.config import load_config
+from eidos.config import default_config_path, load_config
 
 PEER = [
     "objective.consistency_weight=0", "objective.mae_weight=0",

@@ -1,7 +1,7 @@
 """Eidos: train text-to-image models on a small budget with MaskDiT + flow-anchored consistency (FACM)."""
 
+from eidos.batch import Batch, TextEmbeddings
 from eidos.config import ObjectiveConfig
-from eidos.data.batch import Batch, TextEmbeddings
 from eidos.encoders.pixels import PixelCodec
 from eidos.model import MaskDiT, MaskDiTOutput, TokenMask
 from eidos.objectives import FACMObjective

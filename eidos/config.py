@@ -15,6 +15,7 @@ import math
 import types
 import typing
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 
 import yaml
@@ -480,3 +481,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Co
         for override in overrides:
             _apply_override(data, override)
     return _build(Config, data, "")
+
+
+def default_config_path() -> str:
+    """The embedded default config (OpenMoji), shipped in the package as eidos/config.yaml."""
+    return str(resources.files("eidos") / "config.yaml")

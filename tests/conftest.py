@@ -14,7 +14,7 @@ import pytest
 import torch
 from torch import nn
 
-from eidos.data.batch import Batch, TextEmbeddings
+from eidos.batch import Batch, TextEmbeddings
 from eidos.model import MaskDiT, MaskDiTOutput
 
 TEXT_DIM = 16

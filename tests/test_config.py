@@ -3,8 +3,7 @@ from pathlib import Path
 import pytest
 
 from eidos.cli.main import main
-from eidos.cli.train import default_config_path
-from eidos.config import Config, load_config
+from eidos.config import Config, default_config_path, load_config
 
 REPO = Path(__file__).resolve().parents[1]
 

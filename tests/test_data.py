@@ -3,12 +3,12 @@ import numpy as np
 import pytest
 import torch
 
+from eidos.batch import TextEmbeddings
 from eidos.config import DataConfig, EncodersConfig
-from eidos.data.batch import TextEmbeddings
-from eidos.data.cache import EncodedSet, read_cache, write_cache
-from eidos.data.embedded import cache_attributes, prepare_openmoji
-from eidos.data.loader import EncodedBatch, EpochOrder
-from eidos.data.openmoji import list_emoji, openmoji_dir, render, split_held_out
+from eidos.data.batch_order import EncodedBatch, EpochOrder
+from eidos.data.cache import EncodedSet, cache_attributes, read_cache, write_cache
+from eidos.data.openmoji_cache import prepare_openmoji
+from eidos.data.openmoji_set import list_emoji, openmoji_dir, render, split_held_out
 from eidos.encoders import PixelCodec, load_text_encoder
 
 
@@ -122,7 +122,7 @@ def test_encoded_batch_samples_the_posterior():
 
 
 def test_processes_and_micro_batches_read_disjoint_slices_that_cover_the_batch():
-    from eidos.data.loader import micro_batch_start
+    from eidos.data.batch_order import micro_batch_start
 
     order = EpochOrder(50, seed=0)
     world, accumulation, micro = 2, 3, 4

@@ -7,10 +7,9 @@ import torch
 from PIL import Image
 
 from eidos.cli.main import main
-from eidos.cli.train import default_config_path
-from eidos.config import load_config
+from eidos.config import default_config_path, load_config
 from eidos.data.cache import read_cache
-from eidos.data.encode import to_rgb_square
+from eidos.data.images import to_rgb_square
 from eidos.training.loop import train
 from tests.test_shards import make_folder
 
@@ -62,7 +61,7 @@ def test_encode_then_train_from_the_caches(tmp_path, capsys):
 def test_truncated_shards_keep_the_complete_samples_before_the_cut(tmp_path, capsys):
     import tarfile
 
-    from eidos.data.shards import ShardSample, write_shards
+    from eidos.data.prepare.shard_writer import ShardSample, write_shards
 
     buffer = io.BytesIO()
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(buffer, "PNG")
@@ -98,8 +97,8 @@ def test_truncated_shards_keep_the_complete_samples_before_the_cut(tmp_path, cap
 def test_each_encode_process_reads_its_shards_whole(tmp_path, monkeypatch):
     from collections import Counter
 
-    from eidos.data.encode import read_shard
-    from eidos.data.shards import ShardSample, write_shards
+    from eidos.data.prepare.shard_encoder import read_shard
+    from eidos.data.prepare.shard_writer import ShardSample, write_shards
 
     buffer = io.BytesIO()
     Image.fromarray(np.zeros((8, 8, 3), dtype=np.uint8)).save(buffer, "PNG")
@@ -114,8 +113,8 @@ def test_reading_ahead_with_decode_threads_gives_the_shards_in_order_unchanged(t
     from collections import Counter
     from concurrent.futures import ThreadPoolExecutor
 
-    from eidos.data.encode import read_shard, read_shards_ahead
-    from eidos.data.shards import image_folder_samples, write_shards
+    from eidos.data.prepare.shard_encoder import read_shard, read_shards_ahead
+    from eidos.data.prepare.shard_writer import image_folder_samples, write_shards
 
     make_folder(tmp_path / "images")
     shards = write_shards(image_folder_samples(tmp_path / "images"), tmp_path / "shards", samples_per_shard=2).shards
@@ -134,7 +133,7 @@ def test_reading_ahead_with_decode_threads_gives_the_shards_in_order_unchanged(t
 def test_encode_redoes_a_cache_whose_shard_changed_and_names_caches_of_shards_that_are_gone(tmp_path, capsys):
     import h5py
 
-    from eidos.data.shards import ShardSample, write_shards
+    from eidos.data.prepare.shard_writer import ShardSample, write_shards
 
     def shards(captions: list[str], per_shard: int) -> None:
         samples = [ShardSample(f"{i:09d}", to_png(i), "png", c) for i, c in enumerate(captions)]
@@ -170,7 +169,7 @@ def test_encode_redoes_a_cache_whose_shard_changed_and_names_caches_of_shards_th
 
 
 def test_each_distinct_caption_of_a_shard_is_encoded_once_with_the_per_sample_rows(tmp_path, monkeypatch):
-    from eidos.data.encode import encode_distinct_captions
+    from eidos.data.prepare.shard_encoder import encode_distinct_captions
     from eidos.encoders.text import TextEncoder, load_text_encoder
 
     rng = np.random.default_rng(0)

@@ -11,8 +11,8 @@ import pytest
 from PIL import Image
 
 from eidos.cli.main import main
-from eidos.data.hf_dataset import hf_dataset_samples, open_rows
-from eidos.data.shards import IMAGE_SUFFIXES, image_folder_samples, write_shards
+from eidos.data.prepare.hf_dataset import hf_dataset_samples, open_rows
+from eidos.data.prepare.shard_writer import IMAGE_SUFFIXES, image_folder_samples, write_shards
 from tests.test_shards import make_folder
 
 datasets = pytest.importorskip("datasets")

@@ -25,9 +25,9 @@ import webdataset as wds
 from PIL import Image
 
 from eidos.cli.main import build_parser, main, parse
-from eidos.data.encode import ends_with_end_of_archive
-from eidos.data.shard_stream import ShardStream
-from eidos.data.shards import ShardSample, write_shards
+from eidos.data.prepare.shard_encoder import ends_with_end_of_archive
+from eidos.data.prepare.shard_writer import ShardSample, write_shards
+from eidos.data.streamed_shards import ShardStream
 from tests.conftest import mounted_tmpfs
 
 
@@ -154,8 +154,7 @@ def train_into_a_foreign_folder(ws):
 def resume_with_another_model_size(ws):
     import yaml
 
-    from eidos.cli.train import default_config_path
-    from eidos.config import load_config
+    from eidos.config import default_config_path, load_config
 
     run = ws.root / "run"
     saved = load_config(default_config_path(), [f"train.output_dir={run}"]).to_dict()

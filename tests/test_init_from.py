@@ -16,8 +16,7 @@ from safetensors.torch import load_file
 from transformers import AutoTokenizer, BertModel
 
 from eidos.cli.main import main
-from eidos.cli.train import default_config_path
-from eidos.config import load_config
+from eidos.config import default_config_path, load_config
 from eidos.encoders import load_codec, load_text_encoder
 from eidos.encoders.text import minilm_path
 from eidos.model import MaskDiT

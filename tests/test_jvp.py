@@ -7,8 +7,8 @@ from unittest import mock
 import torch
 
 from benchmarks.train_step import shared_graph_jvp
+from eidos.batch import Batch, TextEmbeddings
 from eidos.config import ObjectiveConfig
-from eidos.data.batch import Batch, TextEmbeddings
 from eidos.model import TokenMask
 from eidos.objectives import facm
 from eidos.objectives.consistency import velocity_and_time_derivative

@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
+from eidos.batch import Batch, TextEmbeddings
 from eidos.config import ObjectiveConfig, TimeDistribution
-from eidos.data.batch import Batch, TextEmbeddings
 from eidos.objectives import FACMObjective, guided_velocity
 from eidos.objectives.consistency import (
     adaptive_consistency_loss,

@@ -11,7 +11,7 @@ import torch
 from diffusers import FlowMatchEulerDiscreteScheduler
 from transformers import AutoTokenizer, BertConfig, BertModel
 
-from eidos.data.batch import TextEmbeddings
+from eidos.batch import TextEmbeddings
 from eidos.encoders import PixelCodec
 from eidos.encoders.text import minilm_path
 from eidos.sampling import sample_consistency, sample_flow_euler

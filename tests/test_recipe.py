@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
+from eidos.batch import Batch, TextEmbeddings
 from eidos.config import ObjectiveConfig, TimeDistribution, load_config
-from eidos.data.batch import Batch, TextEmbeddings
 from eidos.model.maskdit import MaskDiTOutput
 from eidos.objectives import FACMObjective
 from eidos.objectives.facm import teacher_velocity
@@ -160,7 +160,7 @@ def test_guided_flow_previews_run_under_cpu_bf16_autocast():
 
 
 def test_a_time_limit_stops_the_run_with_a_checkpoint_and_an_export(tmp_path, shared_cache_dir):
-    from eidos.cli.train import default_config_path
+    from eidos.config import default_config_path
     from eidos.training.loop import train
     from tests.conftest import tiny_run_overrides
 

@@ -15,8 +15,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from eidos.cli.train import default_config_path
-from eidos.config import load_config
+from eidos.config import default_config_path, load_config
 from eidos.training import loop
 from eidos.training.checkpoint import latest_checkpoint, list_checkpoints
 from eidos.training.faults import NonFiniteTraining

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from eidos.data.batch import TextEmbeddings
+from eidos.batch import TextEmbeddings
 from eidos.model import MaskDiTOutput
 from eidos.sampling import consistency_times, sample_consistency, sample_flow_euler
 from eidos.sampling.solvers import flow_velocity

@@ -17,9 +17,9 @@ import torch
 from PIL import Image
 
 from eidos.cli.main import main
-from eidos.cli.sample import resolve_model_folder
 from eidos.sampling.pipeline import EidosPipeline
 from eidos.serving.live import LiveGenerator, Request, image_grid
+from eidos.training.run_folder import resolve_model_folder
 from tests.test_pipeline import make_pipeline
 
 LONG_PROMPT = "a red apple on a small blue plate next to a green pear and a yellow banana in the sun"

@@ -10,9 +10,8 @@ import pytest
 import webdataset as wds
 from PIL import Image
 
-from eidos.cli.train import default_config_path
-from eidos.config import load_config
-from eidos.data.shard_stream import ShardStream, shard_urls
+from eidos.config import default_config_path, load_config
+from eidos.data.streamed_shards import ShardStream, shard_urls
 from eidos.training.loop import train
 
 
@@ -72,7 +71,7 @@ def test_bad_samples_in_the_stream_are_skipped_and_counted(tmp_path):
 
 
 def test_a_stream_without_any_good_sample_stops_with_the_reason(tmp_path, monkeypatch):
-    monkeypatch.setattr("eidos.data.shard_stream.MAX_MISSES", 50)
+    monkeypatch.setattr("eidos.data.streamed_shards.MAX_MISSES", 50)
     (tmp_path / "junk.tar").write_bytes(b"this is not a tar file" * 100)
     write_shard(tmp_path / "blind.tar", [("blind", None, "no image")])
     for name in ("junk", "blind"):

@@ -9,8 +9,8 @@ import webdataset as wds
 from PIL import Image
 
 from eidos.cli.main import main
-from eidos.data import openmoji
-from eidos.data.shards import image_folder_samples, openmoji_samples, write_shards
+from eidos.data import openmoji_set
+from eidos.data.prepare.shard_writer import image_folder_samples, openmoji_samples, write_shards
 
 
 def save(image: Image.Image, path, **kwargs):
@@ -72,7 +72,7 @@ def test_captions_file(tmp_path):
 
 
 def test_openmoji_shards_keep_keys_and_captions(tmp_path):
-    items, _ = openmoji.list_emoji("drop")
+    items, _ = openmoji_set.list_emoji("drop")
     chosen = [e for e in items if e.key in ("1F34E", "1F1E9-1F1EA", "2764")]
     report = write_shards(openmoji_samples(chosen), tmp_path)
     read = {s["__key__"]: s for s in wds.WebDataset([str(p) for p in report.shards], shardshuffle=False).decode("pil")}

@@ -6,13 +6,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from eidos.cli.train import default_config_path
-from eidos.config import load_config
-from eidos.data.batch import TextEmbeddings
-from eidos.data.cache import EncodedSet, concat_sets, read_cache, write_cache
-from eidos.data.embedded import cache_attributes
-from eidos.data.loader import EpochOrder, Prefetcher, micro_batch_start
-from eidos.data.streamed import StreamedCache
+from eidos.batch import TextEmbeddings
+from eidos.config import default_config_path, load_config
+from eidos.data.batch_order import EpochOrder, Prefetcher, micro_batch_start
+from eidos.data.cache import EncodedSet, cache_attributes, concat_sets, read_cache, write_cache
+from eidos.data.streamed_cache import StreamedCache
 from eidos.training.loop import train
 
 SIZES = (5, 1, 7)
@@ -89,7 +87,7 @@ def test_rows_of_other_chunk_layouts_take_the_point_selection(tmp_path):
     import h5py
     import numpy as np
 
-    from eidos.data.streamed import read_rows
+    from eidos.data.streamed_cache import read_rows
 
     values = np.arange(5 * 3 * 2, dtype=np.float16).reshape(5, 3, 2)
     with h5py.File(tmp_path / "other.h5", "w") as f:

@@ -10,8 +10,7 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from eidos.cli.main import main
-from eidos.cli.train import default_config_path
-from eidos.config import load_config
+from eidos.config import default_config_path, load_config
 from eidos.training.checkpoint import list_checkpoints
 from eidos.training.loop import train
 from tests.conftest import tiny_run_overrides

@@ -41,7 +41,7 @@ def run_download(args: argparse.Namespace) -> int:
     import subprocess
     from pathlib import Path
 
-    from eidos.data.download import downloaded, find_img2dataset, img2dataset_command
+    from eidos.data.prepare.download import downloaded, find_img2dataset, img2dataset_command
 
     executable = find_img2dataset(args.img2dataset)  # first: without it nothing below is of use
     url_list, out = Path(args.url_list).expanduser(), Path(args.out).expanduser()
@@ -82,7 +82,7 @@ def run_encode(args: argparse.Namespace) -> int:
     from eidos.cli.checks import check_writable_folder
     from eidos.config import EncodersConfig, check_model_reference
     from eidos.data.cache import is_up_to_date
-    from eidos.data.encode import check_shard_names, encode_shard, read_shards_ahead, stale_caches
+    from eidos.data.prepare.shard_encoder import check_shard_names, encode_shard, read_shards_ahead, stale_caches
     from eidos.encoders import load_codec, load_text_encoder
 
     max_length = args.text_max_length or (77 if args.text_encoder == "clip" else 16)
@@ -129,9 +129,9 @@ def run_encode(args: argparse.Namespace) -> int:
 
 def run_shards(args: argparse.Namespace) -> int:
     from eidos.cli.checks import check_writable_folder
-    from eidos.data import openmoji
-    from eidos.data.hf_dataset import hf_dataset_samples
-    from eidos.data.shards import image_folder_samples, openmoji_samples, write_shards
+    from eidos.data import openmoji_set
+    from eidos.data.prepare.hf_dataset import hf_dataset_samples
+    from eidos.data.prepare.shard_writer import image_folder_samples, openmoji_samples, write_shards
 
     if args.samples_per_shard < 1:
         raise ValueError(f"--samples-per-shard must be >= 1, got {args.samples_per_shard}")
@@ -144,7 +144,7 @@ def run_shards(args: argparse.Namespace) -> int:
     check_writable_folder(args.out, "--out")
     not_included = {}
     if args.openmoji:
-        items, not_included = openmoji.list_emoji(args.skin_tone_variants)
+        items, not_included = openmoji_set.list_emoji(args.skin_tone_variants)
         samples = openmoji_samples(items)
     elif args.hf_dataset:
         samples = hf_dataset_samples(args.hf_dataset, **{k: getattr(args, k) or v for k, v in hf_options.items()})

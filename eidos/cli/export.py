@@ -36,8 +36,8 @@ def check_out(out: Path, source: Path, overwrite: bool) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from eidos.cli.sample import resolve_model_folder
     from eidos.sampling.pipeline import EidosPipeline, save_pipeline
+    from eidos.training.run_folder import resolve_model_folder
 
     source = resolve_model_folder(args.checkpoint)
     out = Path(args.out).expanduser()

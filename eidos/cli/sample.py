@@ -22,29 +22,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
 
 
-def resolve_model_folder(path: str | Path) -> Path:
-    """An exported pipeline folder, a run folder (its final export, else its latest checkpoint's) or a checkpoint."""
-    from eidos.sampling.pipeline import is_pipeline_folder
-    from eidos.training.checkpoint import latest_checkpoint
-
-    path = Path(path)
-    candidates = [path, path / "model"]
-    checkpoint = latest_checkpoint(path)
-    if checkpoint is not None:
-        candidates.append(checkpoint / "model")
-    for candidate in candidates:
-        if is_pipeline_folder(candidate):
-            return candidate
-    raise FileNotFoundError(
-        f"{path} is not an exported model, a run folder or a checkpoint (no model_index.json in {path}, "
-        f"{path / 'model'} or its latest checkpoint)"
-    )
-
-
 def run(args: argparse.Namespace) -> int:
     from eidos.cli.checks import check_device
-    from eidos.sampling.grid import labelled_grid
+    from eidos.image_grids import labelled_grid
     from eidos.sampling.pipeline import EidosPipeline
+    from eidos.training.run_folder import resolve_model_folder
 
     if args.steps < 1 or args.num_seeds < 1:
         raise ValueError("--steps and --num-seeds must be >= 1")

@@ -18,10 +18,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from eidos.cli.checks import check_device
-    from eidos.cli.sample import resolve_model_folder
     from eidos.sampling.pipeline import EidosPipeline
     from eidos.serving.app import build_app, import_gradio, launch_app
     from eidos.serving.live import LiveGenerator
+    from eidos.training.run_folder import resolve_model_folder
 
     if not 0 < args.port < 65536:
         raise ValueError(f"--port must be 1 to 65535, got {args.port}")

@@ -5,15 +5,10 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from importlib import resources
 
 from eidos.cli.checks import check_writable_folder, load_user_config
 
 DEFAULT_CONFIG = "eidos/config.yaml (the embedded OpenMoji default)"
-
-
-def default_config_path() -> str:
-    return str(resources.files("eidos") / "config.yaml")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -31,6 +26,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args: argparse.Namespace):
+    from eidos.config import default_config_path
+
     overrides = list(args.overrides)
     for flag, key in (("output_dir", "train.output_dir"), ("max_steps", "train.max_steps"),
                       ("checkpoint_every", "train.checkpoint_every"), ("seed", "train.seed"),

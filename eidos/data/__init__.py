@@ -1,5 +1,4 @@
-"""Data: the batch types, the embedded OpenMoji set, the HDF5 cache and the resumable loader."""
-
-from eidos.data.batch import Batch, TextEmbeddings
-
-__all__ = ["Batch", "TextEmbeddings"]
+"""Data read during training: the HDF5 cache (in memory or streamed), webdataset shards streamed and encoded on
+the fly, the embedded OpenMoji set (its cache built on first use), the resumable sample order and the sources a
+config names. The offline steps behind `eidos data` live in `eidos.data.prepare`, which may import this package;
+this package never imports it."""

@@ -17,16 +17,26 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import h5py
 import numpy as np
 import torch
 
-from eidos.data.batch import TextEmbeddings
+from eidos.batch import TextEmbeddings
+
+if TYPE_CHECKING:
+    from eidos.config import DataConfig, EncodersConfig
 
 FORMAT_VERSION = 1
 MATCHED_ATTRIBUTES = ("format_version", "codec", "text_encoder", "text_max_length", "resolution")
 DATASETS = ("latent_mean", "latent_logstd", "text_tokens", "text_mask", "text_pooled", "caption", "key")
+
+
+def cache_attributes(data: DataConfig, encoders: EncodersConfig) -> dict:
+    """The attributes a cache must carry to serve this config (checked by `read_cache`)."""
+    return {"format_version": FORMAT_VERSION, "codec": encoders.codec, "text_encoder": encoders.text,
+            "text_max_length": encoders.text_max_length, "resolution": data.resolution}
 
 
 @dataclass

@@ -9,9 +9,9 @@ from contextlib import nullcontext
 from pathlib import Path
 
 from eidos.config import Config, DataConfig
-from eidos.data.cache import EncodedSet, concat_sets, read_cache
-from eidos.data.embedded import cache_attributes, prepare_openmoji
-from eidos.data.streamed import StreamedCache
+from eidos.data.cache import EncodedSet, cache_attributes, concat_sets, read_cache
+from eidos.data.openmoji_cache import prepare_openmoji
+from eidos.data.streamed_cache import StreamedCache
 
 
 def cache_files(data: DataConfig) -> tuple[list[Path], list[Path]]:

@@ -12,11 +12,10 @@ import numpy as np
 import torch
 
 from eidos.config import Config
-from eidos.data.cache import EncodedSet
-from eidos.data.embedded import cache_attributes
-from eidos.data.loader import EncodedBatch, EpochOrder, to_batch
-from eidos.data.shard_stream import ShardStream, shard_urls
+from eidos.data.batch_order import EncodedBatch, EpochOrder, to_batch
+from eidos.data.cache import EncodedSet, cache_attributes
 from eidos.data.sources import cache_files, load_encoded_sets, read_sets
+from eidos.data.streamed_shards import ShardStream, shard_urls
 from eidos.encoders.codecs import downsample_factor, encode_moments, latent_channels
 
 

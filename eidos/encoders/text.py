@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoConfig, AutoModel, AutoTokenizer, CLIPTextModel, CLIPTokenizer
 
-from eidos.data.batch import TextEmbeddings
+from eidos.batch import TextEmbeddings
 
 logger = logging.getLogger(__name__)
 CLIP_L = "openai/clip-vit-large-patch14"

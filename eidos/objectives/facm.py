@@ -22,8 +22,8 @@ import math
 import torch
 from torch import nn
 
+from eidos.batch import Batch, TextEmbeddings
 from eidos.config import ObjectiveConfig
-from eidos.data.batch import Batch, TextEmbeddings
 from eidos.model.masking import TokenMask, num_kept_tokens
 from eidos.objectives.consistency import (
     adaptive_consistency_loss,

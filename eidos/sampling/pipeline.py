@@ -22,7 +22,7 @@ import torch
 from diffusers import DiffusionPipeline, FlowMatchEulerDiscreteScheduler, ImagePipelineOutput
 from diffusers.utils.torch_utils import randn_tensor
 
-from eidos.data.batch import TextEmbeddings
+from eidos.batch import TextEmbeddings
 from eidos.encoders.codecs import decode, downsample_factor
 from eidos.encoders.text import encode_captions
 from eidos.model import MaskDiT

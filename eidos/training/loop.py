@@ -28,14 +28,14 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from eidos.config import Config, TrainConfig
-from eidos.data.loader import Prefetcher, micro_batch_start
-from eidos.data.shard_stream import shard_urls
+from eidos.data.batch_order import Prefetcher, micro_batch_start
 from eidos.data.sources import cache_files
+from eidos.data.streamed_shards import shard_urls
 from eidos.data.training_data import open_training_data
 from eidos.encoders import load_codec, load_text_encoder
+from eidos.image_grids import pil_to_array
 from eidos.model import MaskDiT
 from eidos.objectives import FACMObjective
-from eidos.sampling.grid import pil_to_array
 from eidos.sampling.pipeline import EidosPipeline, save_pipeline
 from eidos.training.checkpoint import TrainerState, latest_checkpoint, load_checkpoint, save_checkpoint
 from eidos.training.ema import EMA

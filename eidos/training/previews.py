@@ -13,12 +13,12 @@ from dataclasses import dataclass
 import torch
 from PIL import Image
 
+from eidos.batch import TextEmbeddings
 from eidos.config import SamplingConfig
-from eidos.data.batch import TextEmbeddings
 from eidos.data.cache import EncodedSet
 from eidos.encoders.codecs import decode
+from eidos.image_grids import labelled_grid, to_pil
 from eidos.sampling import sample_consistency, sample_flow_euler
-from eidos.sampling.grid import labelled_grid, to_pil
 
 
 @dataclass

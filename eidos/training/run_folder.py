@@ -1,7 +1,9 @@
-"""Who owns a run folder: `eidos train` writes only into an empty folder or into its own earlier run.
+"""A run folder: who owns it, and where its model and config are.
 
-A folder holding anything else (a foreign config.yaml, another run's config, files eidos did not write) is
-refused before any work starts, so a mistyped --output-dir never overwrites a user's files.
+`eidos train` writes only into an empty folder or into its own earlier run. A folder holding anything else (a
+foreign config.yaml, another run's config, files eidos did not write) is refused before any work starts, so a
+mistyped --output-dir never overwrites a user's files. `eidos sample`, `eval`, `export` and `serve` take a run
+folder, a checkpoint or an export and find the model (and `eval` the run's config) in it.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ from pathlib import Path
 import yaml
 
 from eidos.config import load_config
+from eidos.sampling.pipeline import is_pipeline_folder
+from eidos.training.checkpoint import latest_checkpoint
 
 CONFIG_FILE = "config.yaml"
 # What a run writes besides its config: checkpoints (and their temp folders), the final export, sample grids,
@@ -84,3 +88,27 @@ def check_run_folder(output_dir: Path, config: dict) -> None:
         shown = "; ".join(changed[:5]) + (f"; and {len(changed) - 5} more" if len(changed) > 5 else "")
         raise ValueError(f"train.output_dir {output_dir} holds another run (its {CONFIG_FILE} differs: {shown}). "
                          f"Rerun with that run's settings to resume it, or choose another --output-dir")
+
+
+def resolve_model_folder(path: str | Path) -> Path:
+    """An exported pipeline folder, a run folder (its final export, else its latest checkpoint's) or a checkpoint."""
+    path = Path(path)
+    candidates = [path, path / "model"]
+    checkpoint = latest_checkpoint(path)
+    if checkpoint is not None:
+        candidates.append(checkpoint / "model")
+    for candidate in candidates:
+        if is_pipeline_folder(candidate):
+            return candidate
+    raise FileNotFoundError(
+        f"{path} is not an exported model, a run folder or a checkpoint (no model_index.json in {path}, "
+        f"{path / 'model'} or its latest checkpoint)"
+    )
+
+
+def run_config_path(model_folder: Path) -> Path | None:
+    """The config.yaml of the run an export belongs to (run/model, run/checkpoint-N/model)."""
+    for folder in (model_folder, model_folder.parent, model_folder.parent.parent):
+        if (folder / CONFIG_FILE).is_file():
+            return folder / CONFIG_FILE
+    return None

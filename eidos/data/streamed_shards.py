@@ -19,7 +19,7 @@ from collections import Counter
 import numpy as np
 import webdataset as wds
 
-from eidos.data.encode import caption_and_image, decode_square
+from eidos.data.images import caption_and_image, decode_square
 
 logger = logging.getLogger(__name__)
 MAX_MISSES = 10_000  # reads in a row without a usable sample: the shards are unreachable or all bad

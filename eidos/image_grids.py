@@ -1,4 +1,5 @@
-"""Image grids with labels: rows are prompts, columns are samplers (or seeds)."""
+"""Labelled PIL image grids (rows are prompts, columns are samplers or seeds), for the training previews and
+`eidos sample`; drawing, not sampling, so it sits beside the package root and imports only the pixel conversion."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Build (once) the HDF5 caches of the embedded OpenMoji default: rendered, encoded, split.
+"""Build (once, on first use by `eidos train` or `eidos eval`) the HDF5 caches of the embedded OpenMoji default:
+rendered, encoded, split.
 
 The cache folder's name is a hash of everything that determines its contents (package versions, render
 settings, split, codec, text encoder), so a change of any input builds a new cache and an unchanged one is
@@ -16,9 +17,9 @@ from pathlib import Path
 import emoji
 
 from eidos.config import DataConfig, EncodersConfig
-from eidos.data import openmoji
-from eidos.data.cache import FORMAT_VERSION, EncodedSet, write_cache
-from eidos.data.encode import encode_images
+from eidos.data import openmoji_set
+from eidos.data.cache import EncodedSet, cache_attributes, write_cache
+from eidos.data.images import encode_images
 from eidos.encoders.codecs import scaling_factor
 
 logger = logging.getLogger(__name__)
@@ -30,17 +31,11 @@ def cache_root(data: DataConfig) -> Path:
     return Path(os.environ.get("EIDOS_CACHE_DIR", Path.home() / ".cache" / "eidos"))
 
 
-def cache_attributes(data: DataConfig, encoders: EncodersConfig) -> dict:
-    """The attributes a cache must carry to serve this config (checked by `read_cache`)."""
-    return {"format_version": FORMAT_VERSION, "codec": encoders.codec, "text_encoder": encoders.text,
-            "text_max_length": encoders.text_max_length, "resolution": data.resolution}
-
-
 def openmoji_cache_dir(data: DataConfig, encoders: EncodersConfig) -> Path:
     inputs = {
         **cache_attributes(data, encoders),
-        "openmoji": openmoji.openmoji_version(), "emoji": emoji.__version__,
-        "render": [openmoji.RENDER_SIZE, openmoji.FONT_SIZE], "skin_tone_variants": data.skin_tone_variants,
+        "openmoji": openmoji_set.openmoji_version(), "emoji": emoji.__version__,
+        "render": [openmoji_set.RENDER_SIZE, openmoji_set.FONT_SIZE], "skin_tone_variants": data.skin_tone_variants,
         "held_out_fraction": data.held_out_fraction, "split_seed": data.split_seed,
     }
     digest = hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:12]
@@ -55,11 +50,11 @@ def prepare_openmoji(data: DataConfig, encoders: EncodersConfig, codec, text_enc
         logger.info("reusing the OpenMoji cache in %s", folder)
         return paths
     logger.info("building the OpenMoji cache in %s", folder)
-    items, skipped = openmoji.list_emoji(data.skin_tone_variants)
-    train, held_out = openmoji.split_held_out(items, data.held_out_fraction, data.split_seed)
+    items, skipped = openmoji_set.list_emoji(data.skin_tone_variants)
+    train, held_out = openmoji_set.split_held_out(items, data.held_out_fraction, data.split_seed)
     attributes = {**cache_attributes(data, encoders), "source": "openmoji", "scaling_factor": scaling_factor(codec)}
     for split, subset in (("train", train), ("held_out", held_out)):
-        mean, logstd = encode_images(codec, openmoji.render(subset, data.resolution), batch_size=256, device="cpu")
+        mean, logstd = encode_images(codec, openmoji_set.render(subset, data.resolution), batch_size=256, device="cpu")
         captions = [e.caption for e in subset]
         encoded = EncodedSet(mean, logstd, text_encoder.encode(captions), captions, [e.key for e in subset], attributes)
         write_cache(paths[split], encoded)

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-from eidos.data.shards import ShardSample, checked_image
+from eidos.data.prepare.shard_writer import ShardSample, checked_image
 
 INSTALL_HINT = "pip install 'eidos[hf]' (or pip install datasets)"
 

@@ -7,7 +7,6 @@ with few captions (class names, templates) are then bound by image decoding, not
 
 from __future__ import annotations
 
-import io
 import logging
 import tarfile
 from collections import Counter
@@ -19,31 +18,14 @@ from pathlib import Path
 import numpy as np
 import torch
 import webdataset as wds
-from PIL import Image
 
-from eidos.data.batch import TextEmbeddings
+from eidos.batch import TextEmbeddings
 from eidos.data.cache import FORMAT_VERSION, EncodedSet, cache_attributes_of, source_stamp, write_cache
-from eidos.data.shards import IMAGE_ERRORS
-from eidos.encoders.codecs import encode_moments, scaling_factor
+from eidos.data.images import caption_and_image, decode_square, encode_images
+from eidos.encoders.codecs import scaling_factor
 
 logger = logging.getLogger(__name__)
-IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")
 TRUNCATED = "truncated or corrupt tar (rest of the shard lost)"
-
-
-def to_rgb_square(data: bytes, resolution: int) -> np.ndarray:
-    """Encoded image -> (resolution, resolution, 3) uint8: RGB, centre crop, Lanczos resize."""
-    with Image.open(io.BytesIO(data)) as image:
-        image.load()
-        if image.mode in ("RGBA", "LA", "P"):
-            image = image.convert("RGBA")
-            background = Image.new("RGBA", image.size, "white")
-            image = Image.alpha_composite(background, image)
-        image = image.convert("RGB")
-        side = min(image.size)
-        left, top = (image.width - side) // 2, (image.height - side) // 2
-        image = image.crop((left, top, left + side, top + side)).resize((resolution, resolution), Image.LANCZOS)
-        return np.asarray(image)
 
 
 def shard_samples(path: Path, skipped: Counter) -> Iterator[dict]:
@@ -127,25 +109,6 @@ def read_shard(path: Path, resolution: int, skipped: Counter, pool: Executor | N
     return contents
 
 
-def caption_and_image(sample: dict) -> tuple[str, bytes] | str:
-    """(caption, image bytes) of a webdataset sample, or the reason it is unusable."""
-    image_key = next((k for k in IMAGE_KEYS if k in sample), None)
-    caption = sample.get("txt", b"").decode("utf-8", errors="replace").strip()
-    if image_key is None:
-        return "no image"
-    if not caption:
-        return "missing or empty caption"
-    return caption, sample[image_key]
-
-
-def decode_square(data: bytes, resolution: int) -> np.ndarray | None:
-    """to_rgb_square, or None for an image that cannot (or, a decompression bomb, must not) be decoded."""
-    try:
-        return to_rgb_square(data, resolution)
-    except IMAGE_ERRORS:
-        return None
-
-
 def read_shards_ahead(paths: list[Path], resolution: int, skipped: Counter, threads: int) -> Iterator[ShardContents]:
     """Each shard's contents, the next one read and decoded in the background while the caller encodes this one
     (JPEG decoding is the CPU side of encoding; with it hidden the GPU sets the pace)."""
@@ -158,17 +121,6 @@ def read_shards_ahead(paths: list[Path], resolution: int, skipped: Counter, thre
             pending = None if following is None else reader.submit(read_shard, following, resolution, skipped,
                                                                    decoders)
             yield contents
-
-
-def encode_images(codec, images: np.ndarray, batch_size: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """(N, H, W, 3) uint8 images -> posterior mean and log-std (N, C, h, w) on CPU, in batches on `device`."""
-    means, logstds = [], []
-    for start in range(0, len(images), batch_size):
-        pixels = torch.from_numpy(np.asarray(images[start : start + batch_size])).permute(0, 3, 1, 2).float() / 255
-        mean, logstd = encode_moments(codec, pixels.to(device))
-        means.append(mean.cpu())
-        logstds.append(logstd.cpu())
-    return torch.cat(means), torch.cat(logstds)
 
 
 def encode_shard(contents: ShardContents, out: Path, codec, text_encoder, attributes: dict, batch_size: int,

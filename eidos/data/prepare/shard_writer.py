@@ -24,12 +24,10 @@ from pathlib import Path
 import webdataset as wds
 from PIL import Image
 
+from eidos.data.images import IMAGE_ERRORS
+
 logger = logging.getLogger(__name__)
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
-# What PIL raises for an image it cannot or will not decode: damaged data (OSError, SyntaxError, ValueError) and
-# a header declaring more than twice Image.MAX_IMAGE_PIXELS (a decompression bomb: a few KB that would decode
-# into gigabytes).
-IMAGE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
 
 
 @dataclass
@@ -185,11 +183,11 @@ def _sidecar_caption(path: Path) -> str | None:
 
 
 def openmoji_samples(items) -> Iterator[ShardSample]:
-    """OpenMoji emoji (from `openmoji.list_emoji`) as 128 px PNG samples (key = OpenMoji code, CLDR caption)."""
-    from eidos.data import openmoji
+    """OpenMoji emoji (from `openmoji_set.list_emoji`) as 128 px PNG samples (key = OpenMoji code, CLDR caption)."""
+    from eidos.data import openmoji_set
 
     for item in items:
-        array = openmoji.render([item], openmoji.RENDER_SIZE)[0]
+        array = openmoji_set.render([item], openmoji_set.RENDER_SIZE)[0]
         buffer = io.BytesIO()
         Image.fromarray(array).save(buffer, format="PNG")
         yield ShardSample(item.key, buffer.getvalue(), "png", item.caption, {"base_key": item.base_key})

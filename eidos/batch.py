@@ -1,4 +1,5 @@
-"""The batch type every data source yields and every objective and sampler consumes."""
+"""The batch types at the bottom of the package: what every data source yields and every encoder, objective and
+sampler consumes (so none of them imports `data`)."""
 
 from __future__ import annotations
 

@@ -3,7 +3,7 @@
 Row i is row i of the files' concatenation, exactly as in memory, so the sample order, the per-process split and
 exact resume do not depend on where the rows live. Each process opens the files once (lazily, so a forked or
 spawned process opens its own handles) and reads only the rows of its own micro-batches; the trainer reads the
-next micro-batch in a background thread while the current one computes (`loader.Prefetcher`).
+next micro-batch in a background thread while the current one computes (`batch_order.Prefetcher`).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import h5py
 import numpy as np
 import torch
 
-from eidos.data.batch import TextEmbeddings
+from eidos.batch import TextEmbeddings
 from eidos.data.cache import EncodedSet, checked_attributes, decode_strings, open_cache
 
 _ARRAYS = ("latent_mean", "latent_logstd", "text_pooled", "text_tokens", "text_mask")

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 
 import torch
 
-from eidos.data.batch import Batch, TextEmbeddings
+from eidos.batch import Batch, TextEmbeddings
 from eidos.data.cache import EncodedSet
-from eidos.data.streamed import StreamedCache
+from eidos.data.streamed_cache import StreamedCache
 
 
 @dataclass
