@@ -145,42 +145,92 @@ class ModelConfig:
                 if f.name != "preset" and getattr(self, f.name) is not None}
 
 
+def _check_resolution(resolution: int) -> None:
+    _require(resolution >= 8 and resolution % 8 == 0, "data.resolution", resolution, "a multiple of 8, at least 8")
+
+
 @dataclass
-class DataConfig:
-    """source "openmoji": the embedded OpenMoji set, rendered at `resolution` and cached under cache_dir
+class OpenMojiData:
+    """data.source openmoji: the embedded OpenMoji set, rendered at `resolution` and cached under cache_dir
     (default $EIDOS_CACHE_DIR or ~/.cache/eidos). skin_tone_variants "drop" keeps one image per base emoji.
-    held_out_fraction of the base emoji (chosen with split_seed) never enter training.
-    source "cache": HDF5 cache files made by the encode step, `train_files` (and optionally `held_out_files`,
-    for the sample grids) as glob patterns; their attributes must match the encoders and resolution.
-    in_memory false streams the training rows from the cache files (sets larger than memory; same order, same
-    results), each process reading its own micro-batches one step ahead in a background thread.
-    source "shards": webdataset shards (`train_files`, a glob or a webdataset URL pattern) read as an endless
-    resampled stream through a shuffle buffer of shuffle_buffer samples and encoded on the fly by the configured
-    codec and text encoder (held_out_files, if given, are HDF5 caches). Resume is statistical, not sample-exact."""
+    held_out_fraction of the base emoji (chosen with split_seed) never enter training."""
 
     source: str = "openmoji"
     resolution: int = 32
     cache_dir: str = ""
-    train_files: str = ""
-    held_out_files: str = ""
     held_out_fraction: float = 0.05
     split_seed: int = 0
     skin_tone_variants: str = "drop"
-    in_memory: bool = True
-    shuffle_buffer: int = 1000
 
     def __post_init__(self) -> None:
-        _require(self.source in ("openmoji", "cache", "shards"), "data.source", self.source,
-                 "'openmoji', 'cache' or 'shards'")
-        _require(self.source == "openmoji" or bool(self.train_files), "data.train_files", self.train_files,
-                 f"a glob of {'.tar shards' if self.source == 'shards' else 'HDF5 cache files'} when data.source is "
-                 f"{self.source!r}")
-        _require(self.shuffle_buffer >= 1, "data.shuffle_buffer", self.shuffle_buffer, "an integer >= 1")
-        _require(self.resolution >= 8 and self.resolution % 8 == 0, "data.resolution", self.resolution,
-                 "a multiple of 8, at least 8")
+        _require(self.source == "openmoji", "data.source", self.source, "'openmoji' for these keys")
+        _check_resolution(self.resolution)
         _require(0 < self.held_out_fraction < 0.5, "data.held_out_fraction", self.held_out_fraction, "in (0, 0.5)")
         _require(self.skin_tone_variants in ("keep", "drop"), "data.skin_tone_variants", self.skin_tone_variants,
                  "'keep' or 'drop'")
+
+
+@dataclass
+class CacheData:
+    """data.source cache: HDF5 cache files made by `eidos data encode`, `train_files` (and optionally
+    `held_out_files`, for the sample grids) as glob patterns; their attributes must match the encoders and
+    resolution. in_memory false streams the training rows from the cache files (sets larger than memory; same
+    order, same results), each process reading its own micro-batches one step ahead in a background thread."""
+
+    source: str = "cache"
+    resolution: int = 32
+    train_files: str = ""
+    held_out_files: str = ""
+    in_memory: bool = True
+
+    def __post_init__(self) -> None:
+        _require(self.source == "cache", "data.source", self.source, "'cache' for these keys")
+        _check_resolution(self.resolution)
+        _require(bool(self.train_files), "data.train_files", self.train_files,
+                 "a glob of HDF5 cache files when data.source is 'cache'")
+
+
+@dataclass
+class ShardData:
+    """data.source shards: webdataset shards (`train_files`, a glob or a webdataset URL pattern) read as an
+    endless resampled stream through a shuffle buffer of shuffle_buffer samples and encoded on the fly by the
+    configured codec and text encoder; held_out_files, if given, are HDF5 caches. Resume is statistical, not
+    sample-exact."""
+
+    source: str = "shards"
+    resolution: int = 32
+    train_files: str = ""
+    held_out_files: str = ""
+    shuffle_buffer: int = 1000
+
+    def __post_init__(self) -> None:
+        _require(self.source == "shards", "data.source", self.source, "'shards' for these keys")
+        _check_resolution(self.resolution)
+        _require(bool(self.train_files), "data.train_files", self.train_files,
+                 "a glob of .tar shards when data.source is 'shards'")
+        _require(self.shuffle_buffer >= 1, "data.shuffle_buffer", self.shuffle_buffer, "an integer >= 1")
+
+
+# The data section is one of these, chosen by its `source` key; each holds only the keys its source reads.
+DataConfig = OpenMojiData | CacheData | ShardData
+DATA_SOURCES: dict[str, type] = {"openmoji": OpenMojiData, "cache": CacheData, "shards": ShardData}
+
+
+def _build_data(value, key: str) -> DataConfig:
+    """The data section as the dataclass of its source; a key of another source is refused, naming it."""
+    if not isinstance(value, dict):
+        raise ValueError(f"config key {key!r} must be a mapping, got {value!r}")
+    source = value.get("source", "openmoji")
+    _require(source in DATA_SOURCES, f"{key}.source", source, "'openmoji', 'cache' or 'shards'")
+    cls = DATA_SOURCES[source]
+    own = [f.name for f in dataclasses.fields(cls)]
+    for name in value:
+        readers = [s for s, c in DATA_SOURCES.items() if name in {f.name for f in dataclasses.fields(c)}]
+        if name not in own and readers:
+            raise ValueError(f"config key '{key}.{name}' does not apply to {key}.source={source!r} (only "
+                             f"{' and '.join(map(repr, readers))} read it); remove it (keys for {source!r}: "
+                             f"{', '.join(own)})")
+    return _build(cls, value, key)
 
 
 PATH_PREFIXES = ("/", "./", "../", "~", ".\\")
@@ -339,7 +389,7 @@ class SamplingConfig:
 @dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
-    data: DataConfig = field(default_factory=DataConfig)
+    data: DataConfig = field(default_factory=OpenMojiData)
     encoders: EncodersConfig = field(default_factory=EncodersConfig)
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -360,6 +410,8 @@ def _plain(value):
 def _convert(value, annotation, key: str):
     """Check `value` against a type annotation, converting YAML lists to tuples and ints to floats."""
     origin = typing.get_origin(annotation)
+    if annotation == DataConfig:  # a tagged union: the source names the option
+        return _build_data(value, key)
     if origin in (typing.Union, types.UnionType):
         options = typing.get_args(annotation)
         if value is None and type(None) in options:
@@ -450,7 +502,28 @@ RECORD_SECTIONS = (STARTED_FROM,)
 OLD_TIME_KEYS = {"time_sampler": "sampler", "time_mean": "mean", "time_std": "std"}
 
 
+# Older versions had one flat data section for every source and wrote all of it into run folders' config.yaml:
+# these keys at these values (their old defaults) are dropped where the source does not read them.
+FLAT_DATA_DEFAULTS = {"cache_dir": "", "train_files": "", "held_out_files": "", "held_out_fraction": 0.05,
+                      "split_seed": 0, "skin_tone_variants": "drop", "in_memory": True, "shuffle_buffer": 1000}
+
+
+def _drop_flat_data_keys(data: dict, path) -> None:
+    section = data.get("data")
+    if not isinstance(section, dict) or not FLAT_DATA_DEFAULTS.keys() <= section.keys():
+        return  # not a flat section an older eidos wrote
+    cls = DATA_SOURCES.get(section.get("source", "openmoji"))
+    own = {f.name for f in dataclasses.fields(cls)} if cls else set(section)
+    dropped = [k for k, v in FLAT_DATA_DEFAULTS.items() if k not in own and section[k] == v]
+    for key in dropped:
+        del section[key]
+    if dropped:
+        logger.warning("%s: the data section is now one per source; ignoring %s, which data.source=%r does not "
+                       "read", path, ", ".join(dropped), section.get("source"))
+
+
 def _drop_retired_keys(data: dict, path) -> None:
+    _drop_flat_data_keys(data, path)
     for (section, key), why in RETIRED_KEYS.items():
         if isinstance(data.get(section), dict) and key in data[section]:
             del data[section][key]
@@ -477,12 +550,32 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Co
         for section in RECORD_SECTIONS:
             data.pop(section, None)
     if overrides:
-        data = _plain(_build(Config, data, "").to_dict())  # fill defaults so list items can be overridden
+        # Fill defaults so list items can be overridden; not the data section's, so that an override of
+        # data.source does not meet the keys of the source it replaces.
+        file_data = dict(data.get("data") or {})
+        data = {**_plain(_build(Config, data, "").to_dict()), "data": dict(file_data)}
         for override in overrides:
             _apply_override(data, override)
+        _leave_other_source_keys(data["data"], file_data, overrides)
     return _build(Config, data, "")
 
 
 def default_config_path() -> str:
     """The embedded default config (OpenMoji), shipped in the package as eidos/config.yaml."""
     return str(resources.files("eidos") / "config.yaml")
+
+
+def _leave_other_source_keys(section: dict, file_data: dict, overrides: list[str]) -> None:
+    """An override that changes data.source leaves behind the file's keys its new source does not read (the file
+    wrote them for its own source); an override that sets such a key is still refused."""
+    source = section.get("source", "openmoji")
+    if source == file_data.get("source", "openmoji") or source not in DATA_SOURCES:
+        return
+    overridden = {o.split("=", 1)[0].removeprefix("data.") for o in overrides if o.startswith("data.")}
+    own = {f.name for f in dataclasses.fields(DATA_SOURCES[source])}
+    left = [key for key in file_data if key not in own and key not in overridden]
+    for key in left:
+        del section[key]
+    if left:
+        logger.info("data.source=%s: leaving out data.%s of the config file (not read by this source)", source,
+                    ", data.".join(left))

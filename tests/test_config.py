@@ -74,10 +74,55 @@ def test_sample_refuses_a_folder_without_a_model(tmp_path, capsys):
 
 
 def test_a_batch_that_does_not_split_over_processes_is_refused():
-    from eidos.training.loop import micro_batch_size
+    from eidos.training.schedule import micro_batch_size
 
     config = load_config(None, ["train.batch_size=30", "train.grad_accumulation_steps=2"])
     assert micro_batch_size(config.train, world=1) == 15 and micro_batch_size(config.train, world=3) == 5
     with pytest.raises(ValueError, match=r"train.batch_size=30 must be divisible by processes \(2\) x "
                                          r"train.grad_accumulation_steps \(2\); e.g. use train.batch_size=28"):
         micro_batch_size(config.train, world=2)
+
+
+def test_the_data_section_holds_only_the_keys_its_source_reads():
+    config = load_config(None, ["data.source=cache", "data.train_files=c/*.h5", "data.in_memory=false"])
+    assert config.to_dict()["data"] == {"source": "cache", "resolution": 32, "train_files": "c/*.h5",
+                                        "held_out_files": "", "in_memory": False}
+    assert set(load_config(None).to_dict()["data"]) == {"source", "resolution", "cache_dir", "held_out_fraction",
+                                                        "split_seed", "skin_tone_variants"}
+    with pytest.raises(ValueError, match=r"'data.shuffle_buffer' does not apply to data.source='cache' \(only "
+                                         r"'shards' read it\)"):
+        load_config(None, ["data.source=cache", "data.train_files=c/*.h5", "data.shuffle_buffer=4"])
+
+
+def test_a_key_of_another_source_in_a_file_is_refused(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("data:\n  source: shards\n  train_files: s/*.tar\n  in_memory: false\n")
+    with pytest.raises(ValueError, match=r"'data.in_memory' does not apply to data.source='shards'"):
+        load_config(path)
+
+
+def test_an_override_of_the_source_leaves_the_files_keys_for_its_old_source_behind():
+    xl = REPO / "configs" / "maskdit-xl2-sdxl-clip-256.yaml"  # data.source cache, data.in_memory false
+    config = load_config(xl, ["data.source=shards", "data.train_files=shards/*.tar"])
+    assert config.data.source == "shards" and config.data.train_files == "shards/*.tar"
+    assert config.data.held_out_files == "data/cache/val-*.h5" and not hasattr(config.data, "in_memory")
+    config = load_config(default_config_path(), ["data.source=cache", "data.train_files=c/*.h5"])
+    assert config.data.source == "cache" and not hasattr(config.data, "skin_tone_variants")
+
+
+FLAT_DATA = {"source": "cache", "resolution": 16, "cache_dir": "", "train_files": "c/*.h5", "held_out_files": "",
+             "held_out_fraction": 0.05, "split_seed": 0, "skin_tone_variants": "drop", "in_memory": False,
+             "shuffle_buffer": 1000}
+
+
+def test_an_older_flat_data_section_still_loads(tmp_path):
+    """Run folders' config.yaml from before one section per source held every source's keys."""
+    import yaml
+
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump({"data": FLAT_DATA}))
+    assert load_config(path).to_dict()["data"] == {"source": "cache", "resolution": 16, "train_files": "c/*.h5",
+                                                    "held_out_files": "", "in_memory": False}
+    path.write_text(yaml.safe_dump({"data": {**FLAT_DATA, "shuffle_buffer": 8}}))  # set, not the old default
+    with pytest.raises(ValueError, match=r"'data.shuffle_buffer' does not apply to data.source='cache'"):
+        load_config(path)

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from eidos.batch import TextEmbeddings
-from eidos.config import DataConfig, EncodersConfig
+from eidos.config import EncodersConfig, OpenMojiData
 from eidos.data.batch_order import EncodedBatch, EpochOrder
 from eidos.data.cache import EncodedSet, cache_attributes, read_cache, write_cache
 from eidos.data.openmoji_cache import prepare_openmoji
@@ -78,7 +78,7 @@ def test_cache_round_trip_and_mismatch(tmp_path):
 
 
 def test_openmoji_cache_is_built_once_and_reused(tmp_path):
-    data = DataConfig(resolution=16, cache_dir=str(tmp_path))
+    data = OpenMojiData(resolution=16, cache_dir=str(tmp_path))
     encoders = EncodersConfig()
     text_encoder = load_text_encoder("minilm", 16)
     calls = []
@@ -97,7 +97,7 @@ def test_openmoji_cache_is_built_once_and_reused(tmp_path):
     assert -1 <= train.latent_mean.min() and train.latent_mean.max() <= 1
     # pooled MiniLM vectors are unit length; a changed input (resolution) means a different cache
     assert torch.allclose(train.text.pooled.float().norm(dim=1), torch.ones(len(train)), atol=1e-2)
-    other = prepare_openmoji(DataConfig(resolution=8, cache_dir=str(tmp_path)), encoders, PixelCodec(), text_encoder)
+    other = prepare_openmoji(OpenMojiData(resolution=8, cache_dir=str(tmp_path)), encoders, PixelCodec(), text_encoder)
     assert other["train"].parent != paths["train"].parent and len(calls) == 4
 
 

@@ -13,7 +13,7 @@ from eidos.objectives.facm import teacher_velocity
 from eidos.objectives.time_sampling import sample_times
 from eidos.sampling import sample_flow_euler
 from eidos.training.ema import EMA
-from eidos.training.loop import ema_start, learning_rate
+from eidos.training.schedule import ema_start, learning_rate
 from tests.conftest import GaussianVelocity, make_batch, make_tiny_model
 
 MU, SIGMA0 = 0.7, 0.4

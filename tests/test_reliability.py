@@ -16,7 +16,7 @@ import torch
 from safetensors.torch import load_file
 
 from eidos.config import default_config_path, load_config
-from eidos.training import loop
+from eidos.training import loop, report, step
 from eidos.training.checkpoint import latest_checkpoint, list_checkpoints
 from eidos.training.faults import NonFiniteTraining
 from tests.conftest import tiny_run_overrides
@@ -49,7 +49,7 @@ def test_sigterm_saves_a_checkpoint_then_exits(tmp_path, shared_cache_dir):
     assert (checkpoint / "model" / "model_index.json").exists()
 
 
-class NaNAfter(loop.FACMObjective):
+class NaNAfter(step.FACMObjective):
     """The real objective, but the loss turns NaN from optimizer step 8 on."""
 
     calls = 0
@@ -63,7 +63,7 @@ class NaNAfter(loop.FACMObjective):
 
 
 def test_consecutive_non_finite_steps_stop_the_run_naming_step_and_checkpoint(tmp_path, shared_cache_dir, monkeypatch):
-    monkeypatch.setattr(loop, "FACMObjective", NaNAfter)
+    monkeypatch.setattr(step, "FACMObjective", NaNAfter)
     NaNAfter.calls = 0
     run = tmp_path / "run"
     config = load_config(default_config_path(), tiny_run_overrides(run, shared_cache_dir, max_steps=40)
@@ -186,7 +186,7 @@ def test_a_failing_sample_grid_is_a_warning_and_the_run_goes_on(tmp_path, shared
     def broken(*args, **kwargs):
         raise RuntimeError("preview exploded")
 
-    monkeypatch.setattr(loop, "render_previews", broken)
+    monkeypatch.setattr(report, "render_previews", broken)
     run = tmp_path / "run"
     with caplog.at_level("WARNING"):
         loop.train(load_config(default_config_path(), tiny_run_overrides(run, shared_cache_dir, max_steps=30)))

@@ -39,7 +39,7 @@ def test_short_run_lowers_the_loss_and_writes_everything(run_dir):
         assert (folder / "transformer" / "diffusion_pytorch_model.safetensors").exists()
         assert (folder / "model_index.json").exists() and (folder / "text_encoder" / "config.json").exists()
     grids = sorted((run_dir / "samples").glob("*.png"))
-    assert [g.name for g in grids] == ["step-0000030.png", "step-0000060.png"]
+    assert [g.name for g in grids] == ["step-0000000.png", "step-0000030.png", "step-0000060.png"]  # step 0: a preview
     assert Image.open(grids[-1]).size[1] > 4 * 64  # 4 prompt rows
     assert list(run_dir.glob("eidos/events.out.tfevents*")) or list(run_dir.rglob("events.out.tfevents*"))
     assert load_config(run_dir / "config.yaml").train.max_steps == 60  # the resolved config, reloadable

@@ -8,7 +8,7 @@ per-micro-batch slices, so processes read disjoint samples.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -70,6 +70,49 @@ def micro_batch_start(samples_seen: int, micro: int, rank: int, world: int, micr
     micro-batch-major, so processes read disjoint samples and together read the whole batch.
     """
     return samples_seen + (micro * world + rank) * micro_batch
+
+
+@dataclass(frozen=True)
+class BatchLayout:
+    """How one optimizer step's global batch of batch_size samples is cut: `world` processes x `accumulation`
+    micro-batches of micro_batch samples; this process is `rank`."""
+
+    batch_size: int
+    accumulation: int
+    rank: int
+    world: int
+
+    @property
+    def micro_batch(self) -> int:
+        return self.batch_size // (self.world * self.accumulation)
+
+    def positions(self, samples_seen: int) -> Iterator[int]:
+        """Global positions of this process's micro-batches in training order, from the step at samples_seen on."""
+        while True:
+            for micro in range(self.accumulation):
+                yield micro_batch_start(samples_seen, micro, self.rank, self.world, self.micro_batch)
+            samples_seen += self.batch_size
+
+
+class MicroBatches:
+    """This process's micro-batches in training order: `read(position, count)` -> rows (through a `Prefetcher`,
+    which reads the next micro-batch while this one computes), then `encode(rows, device)` -> the batch."""
+
+    def __init__(self, read: Callable[[int, int], object], encode: Callable[[object, torch.device], EncodedBatch],
+                 positions: Iterator[int], count: int, device: torch.device, ahead: bool):
+        self._prefetcher = Prefetcher(read, ahead)
+        self._encode, self._positions, self._count, self._device = encode, positions, count, device
+        self._next = next(positions)
+
+    def __iter__(self) -> MicroBatches:
+        return self
+
+    def __next__(self) -> EncodedBatch:
+        position, self._next = self._next, next(self._positions)
+        return self._encode(self._prefetcher.get(position, self._count, self._next), self._device)
+
+    def close(self) -> None:
+        self._prefetcher.close()
 
 
 def gather(data: EncodedSet | StreamedCache, indices: torch.Tensor, device: torch.device | str) -> EncodedBatch:

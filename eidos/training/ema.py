@@ -38,6 +38,11 @@ class EMA:
         for name, p in model.named_parameters():
             p.copy_(self.shadow[name].to(p.dtype))
 
+    def to(self, device: torch.device | str) -> EMA:
+        """Keep the average on `device` (the training device: updates then need no copies)."""
+        self.shadow = {name: t.to(device) for name, t in self.shadow.items()}
+        return self
+
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {name: t.contiguous() for name, t in self.shadow.items()}
 
