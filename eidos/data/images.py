@@ -20,6 +20,10 @@ IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")
 IMAGE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
 
 
+class UnusableSample(ValueError):
+    """A sample to skip and count, not a failure of the run; str(error) is the reason (the key of the counts)."""
+
+
 def to_rgb_square(data: bytes, resolution: int) -> np.ndarray:
     """Encoded image -> (resolution, resolution, 3) uint8: RGB, centre crop, Lanczos resize."""
     with Image.open(io.BytesIO(data)) as image:
@@ -35,23 +39,23 @@ def to_rgb_square(data: bytes, resolution: int) -> np.ndarray:
         return np.asarray(image)
 
 
-def caption_and_image(sample: dict) -> tuple[str, bytes] | str:
-    """(caption, image bytes) of a webdataset sample, or the reason it is unusable."""
+def caption_and_image(sample: dict) -> tuple[str, bytes]:
+    """(caption, image bytes) of a webdataset sample; UnusableSample says why there are none."""
     image_key = next((k for k in IMAGE_KEYS if k in sample), None)
     caption = sample.get("txt", b"").decode("utf-8", errors="replace").strip()
     if image_key is None:
-        return "no image"
+        raise UnusableSample("no image")
     if not caption:
-        return "missing or empty caption"
+        raise UnusableSample("missing or empty caption")
     return caption, sample[image_key]
 
 
-def decode_square(data: bytes, resolution: int) -> np.ndarray | None:
-    """to_rgb_square, or None for an image that cannot (or, a decompression bomb, must not) be decoded."""
+def decode_square(data: bytes, resolution: int) -> np.ndarray:
+    """to_rgb_square; UnusableSample for an image that cannot (or, a decompression bomb, must not) be decoded."""
     try:
         return to_rgb_square(data, resolution)
-    except IMAGE_ERRORS:
-        return None
+    except IMAGE_ERRORS as error:
+        raise UnusableSample("undecodable image") from error
 
 
 def encode_images(codec, images: np.ndarray, batch_size: int, device) -> tuple[torch.Tensor, torch.Tensor]:

@@ -19,7 +19,7 @@ from collections import Counter
 import numpy as np
 import webdataset as wds
 
-from eidos.data.images import caption_and_image, decode_square
+from eidos.data.images import UnusableSample, caption_and_image, decode_square
 
 logger = logging.getLogger(__name__)
 MAX_MISSES = 10_000  # reads in a row without a usable sample: the shards are unreachable or all bad
@@ -70,16 +70,16 @@ class ShardStream:
             if sample is None or self._misses >= MAX_MISSES:
                 raise RuntimeError(f"no usable sample in the last {MAX_MISSES} reads from the shards (last problem: "
                                    f"{self._last_error}; skipped so far: {dict(self.skipped)}); check data.train_files")
-            usable = caption_and_image(sample)
-            image = None if isinstance(usable, str) else decode_square(usable[1], self.resolution)
-            if image is None:
-                reason = usable if isinstance(usable, str) else "undecodable image"
-                self.skipped[reason] += 1
+            try:
+                caption, data = caption_and_image(sample)
+                image = decode_square(data, self.resolution)
+            except UnusableSample as problem:
+                self.skipped[str(problem)] += 1
                 self._misses += 1
-                self._last_error = f"{reason} in {sample.get('__url__', '?')}"
+                self._last_error = f"{problem} in {sample.get('__url__', '?')}"
                 continue
             self._misses = 0
             images.append(image)
             keys.append(sample["__key__"])
-            captions.append(usable[0])
+            captions.append(caption)
         return keys, captions, np.stack(images)

@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+from eidos.data.images import UnusableSample
 from eidos.data.prepare.shard_writer import ShardSample, checked_image
 
 INSTALL_HINT = "pip install 'eidos[hf]' (or pip install datasets)"
@@ -43,33 +44,31 @@ def _samples(rows, source: str, split: str, image_column: str, caption_column: s
         if not (caption or "").strip():
             yield ("missing or empty caption", name)
             continue
-        data, file = image_bytes(row.get(image_column))
-        if isinstance(data, str):
-            yield (data, name)
-            continue
-        checked = checked_image(data)
-        if isinstance(checked, str):
-            yield (checked, name)
+        try:
+            data, file = image_bytes(row.get(image_column))
+            stored, extension = checked_image(data)
+        except UnusableSample as problem:
+            yield (str(problem), name)
             continue
         meta = {"source": source, "split": split, "row": number, **({"file": file} if file else {})}
-        yield ShardSample(f"{number:09d}", checked[0], checked[1], caption.strip(), meta)
+        yield ShardSample(f"{number:09d}", stored, extension, caption.strip(), meta)
 
 
-def image_bytes(value) -> tuple[bytes | str, str | None]:
-    """(encoded image bytes or the reason there are none, the image's path if known) of an image cell with
-    decoding off: `datasets`' Image gives {"bytes", "path"} (bytes None when the file lives apart, as in an
+def image_bytes(value) -> tuple[bytes, str | None]:
+    """(encoded image bytes, the image's path if known) of an image cell with decoding off (UnusableSample when
+    there are none): `datasets`' Image gives {"bytes", "path"} (bytes None when the file lives apart, as in an
     imagefolder), a plain parquet file may hold the bytes themselves."""
     if isinstance(value, (bytes, bytearray)):
         return bytes(value), None
     if not isinstance(value, dict) or not (value.get("bytes") or value.get("path")):
-        return "no image", None
+        raise UnusableSample("no image")
     path = value.get("path")
     if value.get("bytes"):
         return bytes(value["bytes"]), path
     try:
         return read_file(path), path
-    except OSError:
-        return "unreadable image file", path
+    except OSError as error:
+        raise UnusableSample("unreadable image file") from error
 
 
 def read_file(path: str) -> bytes:

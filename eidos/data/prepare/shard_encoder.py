@@ -21,7 +21,7 @@ import webdataset as wds
 
 from eidos.batch import TextEmbeddings
 from eidos.data.cache import FORMAT_VERSION, EncodedSet, cache_attributes_of, source_stamp, write_cache
-from eidos.data.images import caption_and_image, decode_square, encode_images
+from eidos.data.images import UnusableSample, caption_and_image, decode_square, encode_images
 from eidos.encoders.codecs import scaling_factor
 
 logger = logging.getLogger(__name__)
@@ -91,17 +91,23 @@ def read_shard(path: Path, resolution: int, skipped: Counter, pool: Executor | N
     stamp = source_stamp(path)  # before reading: a shard replaced meanwhile then looks changed next time
     damaged_before = skipped[TRUNCATED]
     for sample in shard_samples(path, skipped):
-        usable = caption_and_image(sample)
-        if isinstance(usable, str):
-            skipped[usable] += 1
-        else:
-            raw.append((sample["__key__"], *usable))
+        try:
+            raw.append((sample["__key__"], *caption_and_image(sample)))
+        except UnusableSample as problem:
+            skipped[str(problem)] += 1
     whole = skipped[TRUNCATED] == damaged_before
-    decoded = (pool.map if pool is not None else map)(lambda item: decode_square(item[2], resolution), raw)
+
+    def decode(item: tuple[str, str, bytes]) -> np.ndarray | UnusableSample:  # a pool thread hands back the reason
+        try:
+            return decode_square(item[2], resolution)
+        except UnusableSample as problem:
+            return problem
+
+    decoded = (pool.map if pool is not None else map)(decode, raw)
     contents = ShardContents(path, [], [], [], whole, stamp)
     for (key, caption, _), image in zip(raw, decoded, strict=True):
-        if image is None:
-            skipped["undecodable image"] += 1
+        if isinstance(image, UnusableSample):
+            skipped[str(image)] += 1
             continue
         contents.keys.append(key)
         contents.captions.append(caption)

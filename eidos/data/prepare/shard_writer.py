@@ -24,7 +24,7 @@ from pathlib import Path
 import webdataset as wds
 from PIL import Image
 
-from eidos.data.images import IMAGE_ERRORS
+from eidos.data.images import IMAGE_ERRORS, UnusableSample
 
 logger = logging.getLogger(__name__)
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
@@ -92,8 +92,8 @@ def check_key(key: str, seen: set[str]) -> None:
     seen.add(key)
 
 
-def checked_image(data: bytes) -> tuple[bytes, str] | str:
-    """(bytes to store, extension) of a decodable encoded image, or the reason it is not usable. JPEG and PNG
+def checked_image(data: bytes) -> tuple[bytes, str]:
+    """(bytes to store, extension) of a decodable encoded image (UnusableSample if it is not). JPEG and PNG
     files are kept byte for byte; other formats are re-encoded as PNG."""
     try:
         with Image.open(io.BytesIO(data)) as image:
@@ -106,8 +106,8 @@ def checked_image(data: bytes) -> tuple[bytes, str] | str:
             buffer = io.BytesIO()
             image.save(buffer, format="PNG")
             return buffer.getvalue(), "png"
-    except IMAGE_ERRORS:
-        return "undecodable image"
+    except IMAGE_ERRORS as error:
+        raise UnusableSample("undecodable image") from error
 
 
 def read_captions(captions_file: Path) -> dict[str, str]:
@@ -163,11 +163,11 @@ def image_folder_samples(images: str | Path, captions_file: str | Path | None = 
         if not caption.strip():
             yield ("missing or empty caption", str(path))
             continue
-        checked = checked_image(path.read_bytes())
-        if isinstance(checked, str):
-            yield (checked, str(path))
+        try:
+            data, extension = checked_image(path.read_bytes())
+        except UnusableSample as problem:
+            yield (str(problem), str(path))
             continue
-        data, extension = checked
         relative = path.relative_to(images).as_posix()
         yield ShardSample(f"{number:09d}", data, extension, caption.strip(), {"file": relative, "source": str(path)})
 
