@@ -36,20 +36,24 @@ class TextEmbeddings:
 
     def concat(self, other: TextEmbeddings) -> TextEmbeddings:
         """Both batches stacked along dim 0 (token sequences must have the same length)."""
-        size, other_size = len(self), len(other)
+        return TextEmbeddings.cat([self, other])
+
+    @staticmethod
+    def cat(parts: list[TextEmbeddings]) -> TextEmbeddings:
+        """The batches stacked along dim 0 (token sequences of the same length); a missing `drop` counts as False."""
 
         def joined(name: str):
-            a, b = getattr(self, name), getattr(other, name)
-            if name == "drop" and (a is not None or b is not None):
-                a = torch.zeros(size, dtype=torch.bool, device=self.pooled.device) if a is None else a
-                b = torch.zeros(other_size, dtype=torch.bool, device=self.pooled.device) if b is None else b
-            if a is None:
+            values = [getattr(part, name) for part in parts]
+            if name == "drop" and any(v is not None for v in values):
+                values = [torch.zeros(len(part), dtype=torch.bool, device=part.pooled.device) if v is None else v
+                          for part, v in zip(parts, values, strict=True)]
+            if values[0] is None:
                 return None
             # CPU autocast refuses torch.cat of bool tensors ("Unexpected floating ScalarType"): join outside it.
-            with torch.autocast(device_type=a.device.type, enabled=False):
-                return torch.cat([a, b])
+            with torch.autocast(device_type=values[0].device.type, enabled=False):
+                return torch.cat(values)
 
-        return TextEmbeddings(*(joined(f.name) for f in fields(self)))
+        return TextEmbeddings(*(joined(f.name) for f in fields(TextEmbeddings)))
 
     def __len__(self) -> int:
         return self.pooled.shape[0]

@@ -186,7 +186,7 @@ def concat_sets(sets: list[EncodedSet]) -> EncodedSet:
     return EncodedSet(
         latent_mean=torch.cat([s.latent_mean for s in sets]),
         latent_logstd=torch.cat([s.latent_logstd for s in sets]),
-        text=TextEmbeddings(*(torch.cat([getattr(s.text, n) for s in sets]) for n in ("pooled", "tokens", "mask"))),
+        text=TextEmbeddings.cat([s.text for s in sets]),
         captions=[c for s in sets for c in s.captions],
         keys=[k for s in sets for k in s.keys],
         attributes=first.attributes,

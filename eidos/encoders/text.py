@@ -80,7 +80,7 @@ class TextEncoder:
         chunks = [encode_captions(self.model, self.tokenizer, captions[i : i + batch_size], self.max_length,
                                   self.pooling, warn=not self._called) for i in range(0, len(captions), batch_size)]
         self._called = True
-        return TextEmbeddings(*(torch.cat([getattr(c, n).cpu() for c in chunks]) for n in ("pooled", "tokens", "mask")))
+        return TextEmbeddings.cat([chunk.to("cpu") for chunk in chunks])
 
 
 def load_text_encoder(name: str, max_length: int, device: torch.device | str = "cpu") -> TextEncoder:
