@@ -4,9 +4,10 @@
     image = pipe("red apple", num_inference_steps=1).images[0]
 
 Components: `transformer` (MaskDiT), `vae` (the pixel codec, or a diffusers `AutoencoderKL`), `text_encoder` and
-`tokenizer` (transformers; MiniLM or CLIP) and `scheduler` (`FlowMatchEulerDiscreteScheduler`, used by the flow
-sampler with sigma = s and the model's velocity as its output). `model_index.json` records our classes as
-`["eidos", "MaskDiT"]`, so `EidosPipeline.from_pretrained(dir)` loads offline with no remote code.
+`tokenizer` (transformers; MiniLM or CLIP) and `scheduler` (`FlowMatchEulerDiscreteScheduler`: it sets the flow
+sampler's time grid, sigma = s, with its shift if configured; the step is the Euler step of
+`sample_flow_euler`). `model_index.json` records our classes as `["eidos", "MaskDiT"]`, so
+`EidosPipeline.from_pretrained(dir)` loads offline with no remote code.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from eidos.batch import TextEmbeddings
 from eidos.encoders.codecs import decode, downsample_factor
 from eidos.encoders.text import encode_captions
 from eidos.model import MaskDiT
-from eidos.sampling.solvers import flow_velocity, sample_consistency
+from eidos.sampling.solvers import flow_times, sample_consistency, sample_flow_euler
 
 SAMPLERS = ("consistency", "flow")
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
@@ -153,15 +154,11 @@ class EidosPipeline(DiffusionPipeline):
         return ImagePipelineOutput(images=images)
 
     def flow_sample(self, latents, text, num_steps, guidance_scale, negative_text) -> torch.Tensor:
-        """Euler on dx/ds = G(x, -s) through the scheduler, on the uniform grid s = 1, 1 - 1/N, ..., 1/N -> 0."""
-        sigmas = [1 - k / num_steps for k in range(num_steps)]
-        self.scheduler.set_timesteps(sigmas=sigmas, device=latents.device)
-        x = latents.float()
-        for index, timestep in enumerate(self.progress_bar(self.scheduler.timesteps)):
-            s = float(self.scheduler.sigmas[index])
-            velocity = flow_velocity(self.transformer, x, s, text, guidance_scale, negative_text)
-            x = self.scheduler.step(velocity, timestep, x).prev_sample
-        return x
+        """`sample_flow_euler` on the scheduler's grid (the uniform s = 1, 1 - 1/N, ..., 1/N, 0 after its shift)."""
+        self.scheduler.set_timesteps(sigmas=flow_times(num_steps)[:-1], device=latents.device)
+        times = [float(s) for s in self.scheduler.sigmas]  # the scheduler appends the final 0
+        return sample_flow_euler(self.transformer, latents.float(), text, num_steps, guidance_scale, negative_text,
+                                 times=times, progress=self.progress_bar)
 
 
 def save_pipeline(pipeline: EidosPipeline, folder: str | Path) -> None:

@@ -77,6 +77,13 @@ def flow_velocity(
     return uncond + guidance_scale * (cond - uncond)
 
 
+def flow_times(num_steps: int) -> list[float]:
+    """The uniform grid of an N-step flow sampler: 1, 1 - 1/N, ..., 1/N, 0."""
+    if num_steps < 1:
+        raise ValueError(f"num_steps must be >= 1, got {num_steps}")
+    return [1 - k / num_steps for k in range(num_steps)] + [0.0]
+
+
 @torch.no_grad()
 def sample_flow_euler(
     model: nn.Module,
@@ -85,16 +92,15 @@ def sample_flow_euler(
     num_steps: int = 30,
     guidance_scale: float = 1.0,
     negative_text: TextEmbeddings | None = None,
+    times: list[float] | None = None,
+    progress=iter,
 ) -> torch.Tensor:
-    """Euler integration of dx/ds = G(x, -s) from s = 1 to s = 0 on a uniform grid (the flow branch).
-
-    Equivalent to diffusers' FlowMatchEulerDiscreteScheduler with sigmas = s and velocity model output.
-    noise (B, C, H, W) -> x0 (B, C, H, W).
+    """Euler integration of dx/ds = G(x, -s) from s = 1 to s = 0 (the flow branch), the step of diffusers'
+    FlowMatchEulerDiscreteScheduler. `times`: the grid, num_steps + 1 values from 1 down to 0 (default uniform;
+    `EidosPipeline` passes its scheduler's). noise (B, C, H, W) -> x0 (B, C, H, W).
     """
-    if num_steps < 1:
-        raise ValueError(f"num_steps must be >= 1, got {num_steps}")
+    grid = flow_times(num_steps) if times is None else list(times)
     x = at_least_float32(noise)
-    grid = [1 - k / num_steps for k in range(num_steps + 1)]
-    for s, s_next in zip(grid[:-1], grid[1:], strict=True):
+    for s, s_next in progress(list(zip(grid[:-1], grid[1:], strict=True))):
         x = x + (s_next - s) * flow_velocity(model, x, s, text, guidance_scale, negative_text)
     return x
