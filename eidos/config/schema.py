@@ -8,7 +8,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from eidos.model.presets import PRESETS
+from eidos.config.model_presets import PRESETS
 
 TIME_SAMPLERS = ("lognormal", "logit_normal")
 TANGENTS = ("jvp", "finite_difference")
@@ -106,7 +106,7 @@ class ObjectiveConfig:
 
 @dataclass
 class ModelConfig:
-    """A preset from `eidos.model.presets` plus optional architecture overrides (None = the preset's value).
+    """A preset from `eidos.config.model_presets` plus optional architecture overrides (None = the preset's value).
 
     Input channels, sample size and text width are not set here: they follow from the codec, the data
     resolution and the text encoder, so they cannot disagree with the data.

@@ -1,7 +1,7 @@
-"""The network: layers, token masking, MaskDiT and its size presets."""
+"""The network: layers, token masking and MaskDiT (its named sizes live in `eidos.config.model_presets`)."""
 
+from eidos.config.model_presets import PRESETS
 from eidos.model.maskdit import MaskDiT, MaskDiTOutput
 from eidos.model.masking import TokenMask
-from eidos.model.presets import PRESETS
 
 __all__ = ["MaskDiT", "MaskDiTOutput", "TokenMask", "PRESETS"]

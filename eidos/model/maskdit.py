@@ -15,6 +15,7 @@ from diffusers.configuration_utils import register_to_config
 from diffusers.utils import BaseOutput
 from torch import nn
 
+from eidos.config.model_presets import preset_config
 from eidos.model.layers import (
     FinalLayer,
     TimestepEmbedder,
@@ -24,7 +25,6 @@ from eidos.model.layers import (
     unpatchify,
 )
 from eidos.model.masking import TokenMask
-from eidos.model.presets import preset_config
 
 
 @dataclass

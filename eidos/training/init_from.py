@@ -28,9 +28,9 @@ from safetensors.torch import load_file
 from torch import nn
 
 from eidos.config import PATH_PREFIXES, STARTED_FROM, Config
+from eidos.config.model_presets import preset_config
 from eidos.encoders.codecs import downsample_factor, latent_channels
 from eidos.model import MaskDiT
-from eidos.model.presets import preset_config
 from eidos.sampling.pipeline import is_pipeline_folder
 from eidos.training.checkpoint import EMA_FILE, latest_checkpoint
 from eidos.training.checkpoint_check import STATE_FILE, damage
