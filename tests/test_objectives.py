@@ -207,3 +207,13 @@ def test_bad_objective_config_is_refused():
     with pytest.raises(ValueError, match="mask_ratio"):
         FACMObjective(ObjectiveConfig(), patch_size=4, mask_ratio=1.0)
 
+
+
+def test_velocity_loss_without_the_cosine_term_is_the_token_mean_squared_error():
+    pred, target = torch.randn(2, 3, 16, 16), torch.randn(2, 3, 16, 16)
+    visible = torch.ones(2, 16, dtype=torch.bool)
+    plain = velocity_loss(pred, target, visible, 4, cosine_weight=0.0)
+    assert torch.allclose(plain, (pred - target).pow(2).mean(dim=(1, 2, 3)), atol=1e-6)
+    half = velocity_loss(pred, target, visible, 4, cosine_weight=0.5)
+    full = velocity_loss(pred, target, visible, 4)
+    assert torch.allclose(half, (plain + full) / 2, atol=1e-6) and (full > plain).all()

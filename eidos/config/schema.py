@@ -45,6 +45,7 @@ class ObjectiveConfig:
 
     flow_times, consistency_times: each branch draws its own times (the flow anchor and the consistency
         branch learn best at different noise levels).
+    cosine_weight: weight of the flow loss's per-pixel cosine term (FACM's; 0 = plain squared error).
     fm_weight, consistency_weight, mae_weight: weights of the three loss parts; consistency_weight=0 gives plain
         flow matching (no JVP), mae_weight only matters when tokens are masked.
     text_dropout: probability of replacing a sample's text by the null text (trains the unconditional branch).
@@ -67,6 +68,7 @@ class ObjectiveConfig:
     flow_times: TimeDistribution = field(default_factory=TimeDistribution)
     consistency_times: TimeDistribution = field(default_factory=lambda: TimeDistribution("lognormal", -0.8, 1.6))
     fm_weight: float = 1.0
+    cosine_weight: float = 1.0
     consistency_weight: float = 1.0
     mae_weight: float = 0.0
     text_dropout: float = 0.1
@@ -81,7 +83,7 @@ class ObjectiveConfig:
 
     def __post_init__(self) -> None:
         self.guidance_interval = tuple(self.guidance_interval)
-        for key in ("fm_weight", "consistency_weight", "mae_weight"):
+        for key in ("fm_weight", "cosine_weight", "consistency_weight", "mae_weight"):
             value = getattr(self, key)
             _require(math.isfinite(value) and value >= 0, f"objective.{key}", value, "a finite number >= 0")
         _require(self.fm_weight + self.consistency_weight > 0, "objective.fm_weight", self.fm_weight,

@@ -155,7 +155,8 @@ class FACMObjective:
         x_s = interpolate(x0, eps, times)
         pred = model(x_s, condition, **batch.text.model_kwargs(), drop_text=dropped, token_mask=token_mask).sample
         removed = self._removed(token_mask, x0)
-        per_example = velocity_loss(pred, conditional_velocity(x0, eps), ~removed, self.patch_size)
+        per_example = velocity_loss(pred, conditional_velocity(x0, eps), ~removed, self.patch_size,
+                                    self.config.cosine_weight)
         # Each branch's loss is a mean over its own examples; the branches are weighted like in the next phase.
         fm = per_example[k:].mean() if k < x0.shape[0] else torch.zeros((), device=x0.device)
         cm = per_example[:k].mean() if k > 0 else torch.zeros((), device=x0.device)
@@ -177,7 +178,7 @@ class FACMObjective:
             u_uncond = unconditional_velocity(model, x_s, s, batch.text, token_mask)
             target_u = guided_velocity(u_cond, u_uncond, s, dropped, cfg.guidance_scale, cfg.guidance_interval)
         visible = ~removed
-        fm = velocity_loss(pred, target_u, visible, self.patch_size).mean()
+        fm = velocity_loss(pred, target_u, visible, self.patch_size, cfg.cosine_weight).mean()
 
         cm = torch.zeros((), device=device)
         k = s_cm.shape[0]
