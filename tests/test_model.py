@@ -1,3 +1,5 @@
+import json
+
 import pytest
 import torch
 
@@ -100,3 +102,34 @@ def test_save_and_load_round_trip(tmp_path):
     t = torch.rand(4)
     assert torch.equal(model(batch.latents, t, **batch.text.model_kwargs()).sample,
                        loaded(batch.latents, t, **batch.text.model_kwargs()).sample)
+
+
+def test_with_a_branch_embedding_the_consistency_branch_starts_as_the_flow_branch():
+    """|t| drives the time features and a zero-initialised embedding marks the consistency branch (t > 0): at
+    init G(x, s) = G(x, -s) exactly, and the branches part once the embedding moves."""
+    model = randomize_(make_tiny_model(branch_embedding=True))
+    with torch.no_grad():
+        model.branch_embed.zero_()
+    batch = make_batch()
+    s = torch.rand(4) * 0.9 + 0.05
+    kwargs = batch.text.model_kwargs()
+    assert torch.equal(model(batch.latents, s, **kwargs).sample, model(batch.latents, -s, **kwargs).sample)
+    with torch.no_grad():
+        model.branch_embed.normal_()
+    assert not torch.allclose(model(batch.latents, s, **kwargs).sample, model(batch.latents, -s, **kwargs).sample)
+
+
+def test_a_model_saved_before_the_branch_embedding_loads_unchanged(tmp_path):
+    """Exports made before the option existed have no `branch_embedding` in config.json: they load with the
+    signed time features they were trained with, and predict what they did."""
+    old = randomize_(make_tiny_model(branch_embedding=False))
+    assert not any("branch" in name for name in old.state_dict())
+    old.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    del config["branch_embedding"]
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    loaded = MaskDiT.from_pretrained(tmp_path)
+    assert loaded.branch_embed is None
+    batch, t = make_batch(), torch.tensor([-0.3, 0.3, -0.8, 0.8])
+    kwargs = batch.text.model_kwargs()
+    assert torch.equal(old(batch.latents, t, **kwargs).sample, loaded(batch.latents, t, **kwargs).sample)

@@ -235,3 +235,35 @@ def test_the_frozen_teacher_objective_calls_the_teacher_not_the_student():
         FACMObjective(config, patch_size=4)
     _, parts = FACMObjective(config, patch_size=4, teacher=teacher)(student, batch)
     assert (student.calls, teacher.calls) == (3, 1)  # flow anchor + G + JVP pass; the teacher's one batched call
+
+
+@pytest.mark.parametrize("start_from_ema", [True, False])
+def test_a_stage_can_start_from_the_ema_weights(tmp_path, shared_cache_dir, start_from_ema):
+    """With start_from_ema the consistency stage's live weights begin as the EMA of its first step (the frozen
+    teacher); without it they continue from the raw weights. The stage's learning rate is ~0, so the weights
+    at the end of the run are those the stage began with."""
+    from safetensors.torch import load_file
+
+    from eidos.config import default_config_path
+    from eidos.training.loop import train
+    from tests.conftest import tiny_run_overrides
+
+    stages = ("train.stages=[{name: flow, fraction: 0.5, mask_ratio: 0.0, consistency: false}, "
+              "{name: consistency, fraction: 0.5, mask_ratio: 0.0, learning_rate: 1.0e-12, restart_ema: true, "
+              f"start_from_ema: {str(start_from_ema).lower()}}}]")
+    run = tmp_path / "run"
+    overrides = [*tiny_run_overrides(run, shared_cache_dir, max_steps=12), stages, "train.checkpoint_every=6",
+                 "train.sample_every=1000"]
+    train(load_config(default_config_path(), overrides))
+    ema_then = load_file(run / "checkpoint-6" / "ema.safetensors")
+    def live_weights(checkpoint):  # the trained module's names carry a "model." prefix
+        return {name.removeprefix("model."): t for name, t in load_file(run / checkpoint / "model.safetensors").items()}
+
+    raw_then, final = live_weights("checkpoint-6"), live_weights("checkpoint-12")
+    teacher = load_file(run / "teacher-6.safetensors")
+    assert teacher.keys() == ema_then.keys() == final.keys()
+    assert all(torch.equal(teacher[name], ema_then[name]) for name in teacher)
+    began_with = ema_then if start_from_ema else raw_then
+    other = raw_then if start_from_ema else ema_then
+    assert all(torch.allclose(final[name], began_with[name], rtol=0, atol=1e-8) for name in final)
+    assert max((final[name] - other[name]).abs().max().item() for name in final) > 1e-4

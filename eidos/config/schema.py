@@ -124,6 +124,7 @@ class ModelConfig:
     decoder_heads: int | None = None
     mlp_ratio: float | None = None
     cross_attention: bool | None = None
+    branch_embedding: bool | None = None
 
     def __post_init__(self) -> None:
         _require(self.preset in PRESETS, "model.preset", self.preset, f"one of {sorted(PRESETS)}")
@@ -247,7 +248,9 @@ class StageConfig:
     true = the consistency branch trains with the FACM target (eidos/objectives/facm.py).
     restart_ema: the EMA restarts from the current weights (with its warm-up) when this stage begins, so a
     short consistency stage is not averaged with the flow-phase weights before it.
-    reset_optimizer: clear Adam's moments when this stage begins."""
+    reset_optimizer: clear Adam's moments when this stage begins.
+    start_from_ema: the stage begins from the EMA weights (the live weights take the average's values), so a
+    short consistency stage starts from the run's best flow model rather than from the noisier raw weights."""
 
     name: str = "masked"
     fraction: float = 1.0
@@ -256,6 +259,7 @@ class StageConfig:
     consistency: bool = True
     restart_ema: bool = False
     reset_optimizer: bool = False
+    start_from_ema: bool = False
 
     def __post_init__(self) -> None:
         _require(0 < self.fraction <= 1, f"train.stages.{self.name}.fraction", self.fraction, "in (0, 1]")

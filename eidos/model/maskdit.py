@@ -3,6 +3,8 @@
 Zheng et al. 2023, "Fast Training of Diffusion Models with Masked Transformers"; blocks from DiT. The network
 predicts a velocity G(x, t) for a signed time condition t in [-1, 1] (DESIGN §3: t = -s flow branch,
 t = s consistency branch). Conditioning vector c = TimestepEmbed(t) + TextProj(pooled text) drives AdaLN-Zero.
+With branch_embedding, TimestepEmbed(t) = TimestepEmbed(|t|) + [t > 0] b, b learned from zero: the two branches
+share the time features and the consistency branch starts as the flow branch.
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ class MaskDiT(ModelMixin, ConfigMixin):
         decoder_heads: int = 4,
         mlp_ratio: float = 4.0,
         cross_attention: bool = False,
+        branch_embedding: bool = False,
     ):
         super().__init__()
         if sample_size % patch_size != 0:
@@ -63,6 +66,8 @@ class MaskDiT(ModelMixin, ConfigMixin):
         self.patch_embed = nn.Linear(patch_dim, width)
         self.register_buffer("pos_embed", sincos_position_embedding(width, self.grid_size)[None], persistent=False)
         self.time_embedder = TimestepEmbedder(width)
+        # Which branch, learned from zero (see the module docstring); off in models made before it existed.
+        self.branch_embed = nn.Parameter(torch.zeros(width)) if branch_embedding else None
         self.text_embedder = nn.Sequential(nn.Linear(text_dim, width), nn.SiLU(), nn.Linear(width, width))
         # Learned stand-in for the pooled text of an unconditional (CFG-dropped) sample.
         self.null_text = nn.Parameter(torch.randn(text_dim) * 0.02)
@@ -125,7 +130,14 @@ class MaskDiT(ModelMixin, ConfigMixin):
         dtype = self.weight_dtype
         null = self.null_text.to(dtype).expand(t.shape[0], -1)
         pooled = null if text_pooled is None else torch.where(drop_text[:, None], null, text_pooled.to(dtype))
-        return self.time_embedder(t) + self.text_embedder(pooled)
+        return self._time_embedding(t) + self.text_embedder(pooled)
+
+    def _time_embedding(self, t: torch.Tensor) -> torch.Tensor:
+        """(B, width) for the signed time condition t (B,)."""
+        if self.branch_embed is None:
+            return self.time_embedder(t)
+        consistency = (t > 0).to(self.branch_embed.dtype)[:, None]  # (B, 1); no derivative in t
+        return self.time_embedder(t.abs()) + consistency * self.branch_embed
 
     def _text_context(
         self, text_tokens: torch.Tensor | None, text_mask: torch.Tensor | None, drop_text: torch.Tensor, batch: int

@@ -78,7 +78,9 @@ class Stepper:
         entering = run.state.step == start and run.state.step > 0
         if stage.reset_optimizer and entering:
             run.optimizer.state.clear()  # a fresh optimizer for this stage (DESIGN §3)
-        if stage.restart_ema and entering:  # after the teacher took the EMA weights of this moment
+        if stage.start_from_ema and entering:  # after the teacher took the EMA weights of this moment
+            run.ema.copy_to(run.model)
+        if stage.restart_ema and entering:
             run.ema.restart(run.model)
         self.stage_index = index
         self.ema_origin = ema_start(run.config, index)  # once per stage, not every step
