@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import h5py
 import numpy as np
 import pytest
@@ -9,7 +11,7 @@ from eidos.data.batch_order import EncodedBatch, EpochOrder
 from eidos.data.cache import EncodedSet, cache_attributes, read_cache, write_cache
 from eidos.data.openmoji_cache import prepare_openmoji
 from eidos.data.openmoji_set import list_emoji, openmoji_dir, render, split_held_out
-from eidos.encoders import PixelCodec, load_text_encoder
+from eidos.encoders import PixelCodec
 
 
 def test_openmoji_listing_counts_and_captions():
@@ -77,15 +79,14 @@ def test_cache_round_trip_and_mismatch(tmp_path):
         read_cache(tmp_path / "missing.h5")
 
 
-def test_openmoji_cache_is_built_once_and_reused(tmp_path):
-    data = OpenMojiData(resolution=16, cache_dir=str(tmp_path))
-    encoders = EncodersConfig()
-    text_encoder = load_text_encoder("minilm", 16)
-    calls = []
-    encode = text_encoder.encode
-    text_encoder.encode = lambda captions: calls.append(1) or encode(captions)
+def test_openmoji_cache_is_built_once_and_reused(openmoji_build):
+    """The session's OpenMoji cache (16x16, MiniLM), which `prepare_openmoji` built in the fixture, counting the
+    encoder's calls; the tiny OpenMoji training runs reuse it."""
+    data, encoders, text_encoder, calls = (openmoji_build.data, openmoji_build.encoders, openmoji_build.text_encoder,
+                                           openmoji_build.encode_calls)
+    assert data.resolution == 16 and encoders == EncodersConfig() and Path(data.cache_dir).is_dir()
 
-    paths = prepare_openmoji(data, encoders, PixelCodec(), text_encoder)
+    paths = openmoji_build.paths
     stamp = paths["train"].stat().st_mtime_ns
     again = prepare_openmoji(data, encoders, PixelCodec(), text_encoder)
     assert again == paths and len(calls) == 2 and paths["train"].stat().st_mtime_ns == stamp  # 2 splits, once
@@ -97,7 +98,7 @@ def test_openmoji_cache_is_built_once_and_reused(tmp_path):
     assert -1 <= train.latent_mean.min() and train.latent_mean.max() <= 1
     # pooled MiniLM vectors are unit length; a changed input (resolution) means a different cache
     assert torch.allclose(train.text.pooled.float().norm(dim=1), torch.ones(len(train)), atol=1e-2)
-    other = prepare_openmoji(OpenMojiData(resolution=8, cache_dir=str(tmp_path)), encoders, PixelCodec(), text_encoder)
+    other = prepare_openmoji(OpenMojiData(resolution=8, cache_dir=data.cache_dir), encoders, PixelCodec(), text_encoder)
     assert other["train"].parent != paths["train"].parent and len(calls) == 4
 
 
