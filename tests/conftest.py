@@ -201,15 +201,20 @@ def save_tiny_text_encoder(folder: Path, words: list[str]) -> Path:
 
 
 @pytest.fixture(scope="session")
-def synthetic_data(tmp_path_factory) -> list[str]:
+def tiny_text_encoder_dir(tmp_path_factory) -> Path:
+    """The synthetic cache's text encoder (`save_tiny_text_encoder`), whose vocabulary is its captions' words."""
+    return save_tiny_text_encoder(tmp_path_factory.mktemp("tiny-text-encoder") / "bert", [*SIZES, *COLOURS, *SHAPES])
+
+
+@pytest.fixture(scope="session")
+def synthetic_data(tmp_path_factory, tiny_text_encoder_dir) -> list[str]:
     """Data overrides of a tiny run on a small synthetic cache, for tests that need some cache, not the OpenMoji
     default: 48 training and 8 held-out shape images (`shape_images`) encoded by the pixel codec and a tiny random
-    text encoder (`save_tiny_text_encoder`), written by the project's cache writer as `eidos data encode` writes
-    them (data.source=cache). Built in well under a second."""
+    text encoder (`tiny_text_encoder_dir`), written by the project's cache writer as `eidos data encode` writes
+    them (data.source=cache). Built in about 0.1 s."""
     folder = tmp_path_factory.mktemp("synthetic-cache")
-    text_dir = save_tiny_text_encoder(folder / "text-encoder", [*SIZES, *COLOURS, *SHAPES])
     overrides = ["data.source=cache", f"data.train_files={folder / 'train.h5'}",
-                 f"data.held_out_files={folder / 'held_out.h5'}", f"encoders.text={text_dir}"]
+                 f"data.held_out_files={folder / 'held_out.h5'}", f"encoders.text={tiny_text_encoder_dir}"]
     config = load_config(default_config_path(), tiny_run_overrides(folder / "run", overrides))
     codec = load_codec(config.encoders.codec)
     text_encoder = load_text_encoder(config.encoders.text, config.encoders.text_max_length)

@@ -43,14 +43,9 @@ def source(tmp_path_factory, synthetic_data):
 
 
 @pytest.fixture(scope="module")
-def text_encoder_dir(synthetic_data) -> str:
-    """The synthetic cache's text encoder, which the source was trained with."""
-    return next(o for o in synthetic_data if o.startswith("encoders.text=")).removeprefix("encoders.text=")
-
-
-@pytest.fixture(scope="module")
-def encoders(text_encoder_dir):
-    return load_codec("pixels"), load_text_encoder(text_encoder_dir, 16)
+def encoders(tiny_text_encoder_dir):
+    """The source's codec and text encoder (the synthetic cache's)."""
+    return load_codec("pixels"), load_text_encoder(str(tiny_text_encoder_dir), 16)
 
 
 def built_model(config, encoders) -> tuple[MaskDiT, EMA]:
@@ -135,15 +130,15 @@ def test_rerunning_a_fine_tune_resumes_exactly_without_reading_the_source_again(
 
 
 @pytest.fixture
-def other_text_encoder(tmp_path, text_encoder_dir):
+def other_text_encoder(tmp_path, tiny_text_encoder_dir):
     """The source's text encoder with one weight changed: the same architecture and tokenizer, another text
     encoder."""
     folder = tmp_path / "text-encoder-changed"
-    model = BertModel.from_pretrained(text_encoder_dir)
+    model = BertModel.from_pretrained(tiny_text_encoder_dir)
     with torch.no_grad():
         model.pooler.dense.bias[0] += 1.0
     model.save_pretrained(folder)
-    AutoTokenizer.from_pretrained(text_encoder_dir).save_pretrained(folder)
+    AutoTokenizer.from_pretrained(tiny_text_encoder_dir).save_pretrained(folder)
     return folder
 
 
@@ -157,11 +152,11 @@ def vae_dir(tmp_path):
 
 
 @pytest.mark.parametrize("mismatch", ["codec", "text", "shape", "missing", "hub"])
-def test_a_mismatched_source_is_refused_in_one_line_before_any_work(mismatch, source, text_encoder_dir, tmp_path,
+def test_a_mismatched_source_is_refused_in_one_line_before_any_work(mismatch, source, tiny_text_encoder_dir, tmp_path,
                                                                      capsys, request, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     cache = tmp_path / "fresh-cache"  # the OpenMoji cache would be built here by any work
-    data = [*openmoji_overrides(cache), f"encoders.text={text_encoder_dir}"]  # the source's text encoder
+    data = [*openmoji_overrides(cache), f"encoders.text={tiny_text_encoder_dir}"]  # the source's text encoder
     init, extra, expected = str(source), [], ""
     if mismatch == "codec":
         extra, expected = [f"encoders.codec={request.getfixturevalue('vae_dir')}"], \
