@@ -1,5 +1,6 @@
-"""Shared test fixtures: a very small MaskDiT, an analytic velocity model for Gaussian data, tiny training runs
-and small real file systems (tmpfs) for full-disk tests."""
+"""Shared test fixtures: a very small MaskDiT, an analytic velocity model for Gaussian data, tiny training runs on
+two data sets (the embedded OpenMoji default, and a small synthetic cache for tests that only need some cache) and
+small real file systems (tmpfs) for full-disk tests."""
 
 from __future__ import annotations
 
@@ -8,13 +9,24 @@ import functools
 import os
 import subprocess
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image, ImageDraw
 from torch import nn
+from transformers import BertConfig, BertModel, BertTokenizer
 
 from eidos.batch import Batch, TextEmbeddings
+from eidos.config import EncodersConfig, OpenMojiData, default_config_path, load_config
+from eidos.data.cache import EncodedSet, cache_attributes, write_cache
+from eidos.data.images import encode_images
+from eidos.data.openmoji_cache import prepare_openmoji
+from eidos.encoders import load_codec, load_text_encoder
+from eidos.encoders.codecs import scaling_factor
+from eidos.encoders.text import TextEncoder
 from eidos.model import MaskDiT, MaskDiTOutput
 
 TEXT_DIM = 16
@@ -92,21 +104,128 @@ class GaussianVelocity(nn.Module):
         return MaskDiTOutput(sample=sample)
 
 
-@pytest.fixture(scope="session")
-def shared_cache_dir(tmp_path_factory):
-    """One OpenMoji cache for the whole session (building it loads MiniLM and encodes ~2,000 captions)."""
-    return tmp_path_factory.mktemp("eidos-cache")
-
-
-def tiny_run_overrides(output_dir, cache_dir, max_steps=60) -> list[str]:
-    """A training run that takes seconds on CPU: 16x16 pixels, a ~100k-parameter model, batch 16."""
+def tiny_run_overrides(output_dir, data: list[str], max_steps=60) -> list[str]:
+    """A training run that takes seconds on CPU: 16x16 pixels, a ~100k-parameter model, batch 16, on `data` (the
+    data overrides of the `openmoji_data` or `synthetic_data` fixture)."""
     return [
-        f"train.output_dir={output_dir}", f"data.cache_dir={cache_dir}", "data.resolution=16",
+        f"train.output_dir={output_dir}", *data, "data.resolution=16",
         "model.width=64", "model.depth=2", "model.heads=2", "model.decoder_width=32", "model.decoder_depth=1",
         "model.decoder_heads=2", f"train.max_steps={max_steps}", "train.batch_size=16", "train.warmup_steps=5",
         "train.checkpoint_every=30", "train.sample_every=30", "train.log_every=5",
         "sampling.num_held_out_prompts=2", "sampling.num_train_prompts=2", "sampling.flow_steps=4",
     ]
+
+
+def openmoji_overrides(cache_dir) -> list[str]:
+    """The embedded default's data (OpenMoji, MiniLM text), its cache under `cache_dir`."""
+    return ["data.source=openmoji", f"data.cache_dir={cache_dir}"]
+
+
+@dataclass
+class OpenMojiBuild:
+    """The session's OpenMoji cache: the config sections it was built for, the MiniLM that encoded it (its
+    `encode` counted in `encode_calls`, one call per split) and the paths of its train and held-out files."""
+
+    data: OpenMojiData
+    encoders: EncodersConfig
+    text_encoder: TextEncoder
+    encode_calls: list
+    paths: dict[str, Path]
+
+
+@pytest.fixture(scope="session")
+def openmoji_build(tmp_path_factory) -> OpenMojiBuild:
+    """The OpenMoji cache of the tiny runs (16x16), built once for the session by `prepare_openmoji` (about 10 s
+    here, mostly MiniLM encoding ~2,000 captions). The builder's own test (tests/test_data.py) checks this build."""
+    cache_dir = tmp_path_factory.mktemp("openmoji-cache")
+    config = load_config(default_config_path(), tiny_run_overrides(cache_dir / "run", openmoji_overrides(cache_dir)))
+    text_encoder = load_text_encoder(config.encoders.text, config.encoders.text_max_length)
+    calls = []
+    encode = text_encoder.encode
+    text_encoder.encode = lambda captions: calls.append(1) or encode(captions)
+    paths = prepare_openmoji(config.data, config.encoders, load_codec(config.encoders.codec), text_encoder)
+    return OpenMojiBuild(config.data, config.encoders, text_encoder, calls, paths)
+
+
+@pytest.fixture(scope="session")
+def openmoji_data(openmoji_build) -> list[str]:
+    """Data overrides of a tiny run on the embedded default, for tests whose subject is that default."""
+    return openmoji_overrides(openmoji_build.data.cache_dir)
+
+
+COLOURS = {"red": (220, 40, 40), "green": (40, 160, 60), "blue": (40, 80, 220), "yellow": (235, 200, 30),
+           "purple": (140, 50, 170), "black": (20, 20, 20)}
+SHAPES = ("square", "circle", "triangle", "bar")
+SIZES = ("small", "big")
+
+
+def shape_images(count: int, seed: int, resolution: int = 16) -> tuple[np.ndarray, list[str]]:
+    """`count` coloured shapes on white, (count, resolution, resolution, 3) uint8, captioned "<size> <colour>
+    <shape>" (e.g. "big red circle"); a pure function of `seed`."""
+    rng = np.random.default_rng(seed)
+    images, captions = [], []
+    for _ in range(count):
+        size, colour, shape = str(rng.choice(SIZES)), str(rng.choice(list(COLOURS))), str(rng.choice(SHAPES))
+        half = resolution * (0.4 if size == "big" else 0.22)
+        x, y = rng.uniform(half, resolution - half, size=2)
+        image = Image.new("RGB", (resolution, resolution), "white")
+        draw, fill = ImageDraw.Draw(image), COLOURS[colour]
+        if shape == "square":
+            draw.rectangle((x - half, y - half, x + half, y + half), fill=fill)
+        elif shape == "circle":
+            draw.ellipse((x - half, y - half, x + half, y + half), fill=fill)
+        elif shape == "triangle":
+            draw.polygon([(x, y - half), (x - half, y + half), (x + half, y + half)], fill=fill)
+        else:
+            draw.rectangle((x - half, y - half / 3, x + half, y + half / 3), fill=fill)
+        images.append(np.asarray(image))
+        captions.append(f"{size} {colour} {shape}")
+    return np.stack(images), captions
+
+
+def save_tiny_text_encoder(folder: Path, words: list[str]) -> Path:
+    """A 1-layer, TEXT_DIM-wide BERT with random weights and a vocabulary of `words`, saved as a hub model folder
+    (config, safetensors, tokenizer) that `encoders.text=<folder>` loads through the real loading code (mean
+    pooling, as MiniLM's)."""
+    folder.mkdir(parents=True)
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    (folder / "vocab.txt").write_text("\n".join([*specials, *words]) + "\n")
+    BertTokenizer(str(folder / "vocab.txt")).save_pretrained(folder)
+    with torch.random.fork_rng():  # the random init leaves the tests' global seed alone
+        torch.manual_seed(0)
+        model = BertModel(BertConfig(vocab_size=len(specials) + len(words), hidden_size=TEXT_DIM,
+                                     num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
+                                     max_position_embeddings=32))
+    model.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_text_encoder_dir(tmp_path_factory) -> Path:
+    """The synthetic cache's text encoder (`save_tiny_text_encoder`), whose vocabulary is its captions' words."""
+    return save_tiny_text_encoder(tmp_path_factory.mktemp("tiny-text-encoder") / "bert", [*SIZES, *COLOURS, *SHAPES])
+
+
+@pytest.fixture(scope="session")
+def synthetic_data(tmp_path_factory, tiny_text_encoder_dir) -> list[str]:
+    """Data overrides of a tiny run on a small synthetic cache, for tests that need some cache, not the OpenMoji
+    default: 48 training and 8 held-out shape images (`shape_images`) encoded by the pixel codec and a tiny random
+    text encoder (`tiny_text_encoder_dir`), written by the project's cache writer as `eidos data encode` writes
+    them (data.source=cache). Built in about 0.1 s."""
+    folder = tmp_path_factory.mktemp("synthetic-cache")
+    overrides = ["data.source=cache", f"data.train_files={folder / 'train.h5'}",
+                 f"data.held_out_files={folder / 'held_out.h5'}", f"encoders.text={tiny_text_encoder_dir}"]
+    config = load_config(default_config_path(), tiny_run_overrides(folder / "run", overrides))
+    codec = load_codec(config.encoders.codec)
+    text_encoder = load_text_encoder(config.encoders.text, config.encoders.text_max_length)
+    attributes = {**cache_attributes(config.data, config.encoders), "scaling_factor": scaling_factor(codec)}
+    for split, count, seed in (("train", 48, 0), ("held_out", 8, 1)):
+        images, captions = shape_images(count, seed, config.data.resolution)
+        mean, logstd = encode_images(codec, images, batch_size=64, device="cpu")
+        keys = [f"{split}-{i:03d}" for i in range(count)]
+        encoded = EncodedSet(mean, logstd, text_encoder.encode(captions), captions, keys, attributes)
+        write_cache(folder / f"{split}.h5", encoded)
+    return overrides
 
 
 @contextlib.contextmanager

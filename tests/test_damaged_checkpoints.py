@@ -29,11 +29,11 @@ DAMAGE = {  # file -> (how it is damaged, what the warning says)
 
 
 @pytest.fixture(scope="module")
-def finished_run(tmp_path_factory, shared_cache_dir):
+def finished_run(tmp_path_factory, synthetic_data):
     """A 4-step run with checkpoints at 2 and 4, and a pristine copy of checkpoint-4."""
     run = tmp_path_factory.mktemp("damaged") / "run"
-    overrides = tiny_run_overrides(run, shared_cache_dir, max_steps=4) + ["train.checkpoint_every=2",
-                                                                         "train.tracker=none"]
+    overrides = tiny_run_overrides(run, synthetic_data, max_steps=4) + ["train.checkpoint_every=2",
+                                                                       "train.tracker=none"]
     loop.train(load_config(default_config_path(), overrides))
     shutil.copytree(run / "checkpoint-4", run.parent / "pristine-4")
     return run, overrides

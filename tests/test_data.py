@@ -1,15 +1,19 @@
+from pathlib import Path
+
 import h5py
 import numpy as np
 import pytest
 import torch
 
 from eidos.batch import TextEmbeddings
-from eidos.config import EncodersConfig, OpenMojiData
+from eidos.config import EncodersConfig, OpenMojiData, default_config_path, load_config
 from eidos.data.batch_order import EncodedBatch, EpochOrder
 from eidos.data.cache import EncodedSet, cache_attributes, read_cache, write_cache
 from eidos.data.openmoji_cache import prepare_openmoji
 from eidos.data.openmoji_set import list_emoji, openmoji_dir, render, split_held_out
-from eidos.encoders import PixelCodec, load_text_encoder
+from eidos.data.sources import load_encoded_sets
+from eidos.encoders import PixelCodec, load_codec, load_text_encoder
+from tests.conftest import TEXT_DIM, shape_images, tiny_run_overrides
 
 
 def test_openmoji_listing_counts_and_captions():
@@ -77,15 +81,14 @@ def test_cache_round_trip_and_mismatch(tmp_path):
         read_cache(tmp_path / "missing.h5")
 
 
-def test_openmoji_cache_is_built_once_and_reused(tmp_path):
-    data = OpenMojiData(resolution=16, cache_dir=str(tmp_path))
-    encoders = EncodersConfig()
-    text_encoder = load_text_encoder("minilm", 16)
-    calls = []
-    encode = text_encoder.encode
-    text_encoder.encode = lambda captions: calls.append(1) or encode(captions)
+def test_openmoji_cache_is_built_once_and_reused(openmoji_build):
+    """The session's OpenMoji cache (16x16, MiniLM), which `prepare_openmoji` built in the fixture, counting the
+    encoder's calls; the tiny OpenMoji training runs reuse it."""
+    data, encoders, text_encoder, calls = (openmoji_build.data, openmoji_build.encoders, openmoji_build.text_encoder,
+                                           openmoji_build.encode_calls)
+    assert data.resolution == 16 and encoders == EncodersConfig() and Path(data.cache_dir).is_dir()
 
-    paths = prepare_openmoji(data, encoders, PixelCodec(), text_encoder)
+    paths = openmoji_build.paths
     stamp = paths["train"].stat().st_mtime_ns
     again = prepare_openmoji(data, encoders, PixelCodec(), text_encoder)
     assert again == paths and len(calls) == 2 and paths["train"].stat().st_mtime_ns == stamp  # 2 splits, once
@@ -97,7 +100,7 @@ def test_openmoji_cache_is_built_once_and_reused(tmp_path):
     assert -1 <= train.latent_mean.min() and train.latent_mean.max() <= 1
     # pooled MiniLM vectors are unit length; a changed input (resolution) means a different cache
     assert torch.allclose(train.text.pooled.float().norm(dim=1), torch.ones(len(train)), atol=1e-2)
-    other = prepare_openmoji(OpenMojiData(resolution=8, cache_dir=str(tmp_path)), encoders, PixelCodec(), text_encoder)
+    other = prepare_openmoji(OpenMojiData(resolution=8, cache_dir=data.cache_dir), encoders, PixelCodec(), text_encoder)
     assert other["train"].parent != paths["train"].parent and len(calls) == 4
 
 
@@ -135,3 +138,22 @@ def test_processes_and_micro_batches_read_disjoint_slices_that_cover_the_batch()
         assert sorted(positions) == list(range(seen, seen + world * accumulation * micro))
         flat = torch.cat(slices)
         assert torch.equal(flat, order.indices(seen, world * accumulation * micro))
+
+
+def test_the_synthetic_test_cache_is_a_cache_of_captioned_shapes(synthetic_data, tmp_path):
+    """The small cache most training tests run on (tests/conftest.py) reads through data.source=cache with its
+    config's encoders, and holds the shapes its captions name, every caption word known to its text encoder."""
+    config = load_config(default_config_path(), tiny_run_overrides(tmp_path / "run", synthetic_data))
+    text_encoder = load_text_encoder(config.encoders.text, config.encoders.text_max_length)
+    train, held_out = load_encoded_sets(config, load_codec(config.encoders.codec), text_encoder)
+    assert (len(train), len(held_out)) == (48, 8) and train.latent_shape == (3, 16, 16) and train.text_dim == TEXT_DIM
+    images, captions = shape_images(48, seed=0)
+    assert train.captions == captions and len(set(captions)) > 20 and held_out.captions != captions[:8]
+    pixels = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1  # the pixel codec's latents
+    assert torch.allclose(train.latent_mean.float(), pixels, atol=1e-2)
+    assert (train.text.mask.sum(dim=1) == 5).all()  # [CLS] size colour shape [SEP]
+    ids = text_encoder.tokenizer(captions)["input_ids"]
+    assert text_encoder.tokenizer.unk_token_id not in {i for row in ids for i in row}
+    assert torch.allclose(train.text.pooled.float().norm(dim=1), torch.ones(48), atol=1e-2)  # mean pooling, as MiniLM
+    again, _ = shape_images(48, seed=0)
+    assert np.array_equal(images, again) and not np.array_equal(images, shape_images(48, seed=1)[0])

@@ -23,14 +23,14 @@ from tests.conftest import fill_to, mounted_tmpfs, tiny_run_overrides, tmpfs_ava
 REPO = Path(__file__).resolve().parents[1]
 
 
-def test_a_full_disk_during_a_checkpoint_save_keeps_the_previous_one_and_exits_1(tmp_path, shared_cache_dir,
+def test_a_full_disk_during_a_checkpoint_save_keeps_the_previous_one_and_exits_1(tmp_path, synthetic_data,
                                                                                   capsys):
     with mounted_tmpfs(tmp_path / "disk", "400M") as disk:
         run = disk / "run"
         # the live teacher: no teacher file to write when the consistency stage begins, only checkpoints
-        args = tiny_run_overrides(run, shared_cache_dir, max_steps=2) + ["train.checkpoint_every=2",
-                                                                         "train.tracker=none",
-                                                                         "objective.consistency_teacher=flow_branch"]
+        args = tiny_run_overrides(run, synthetic_data, max_steps=2) + ["train.checkpoint_every=2",
+                                                                       "train.tracker=none",
+                                                                       "objective.consistency_teacher=flow_branch"]
         assert main(["train", *args]) == 0
         model_bytes = (run / "checkpoint-2" / "model.safetensors").stat().st_size
         # Each save starts with accelerate's model.safetensors, then torch.save's optimizer.bin: leave no room
@@ -58,9 +58,9 @@ def limited_file_size(max_bytes: int):
 
 
 @pytest.mark.skipif(tmpfs_available(), reason="the tmpfs test above covers this with a real full disk")
-def test_a_file_size_limit_during_a_checkpoint_save_keeps_the_previous_one_and_exits_1(tmp_path, shared_cache_dir):
+def test_a_file_size_limit_during_a_checkpoint_save_keeps_the_previous_one_and_exits_1(tmp_path, synthetic_data):
     run = tmp_path / "run"
-    args = tiny_run_overrides(run, shared_cache_dir, max_steps=2) + ["train.checkpoint_every=2", "train.tracker=none"]
+    args = tiny_run_overrides(run, synthetic_data, max_steps=2) + ["train.checkpoint_every=2", "train.tracker=none"]
     assert main(["train", *args]) == 0
     model_bytes = (run / "checkpoint-2" / "model.safetensors").stat().st_size
     for limit, writer in ((64 * 1024, "SafetensorError"), (model_bytes + 64 * 1024, "RuntimeError")):

@@ -18,34 +18,34 @@ from transformers import AutoTokenizer, BertModel
 from eidos.cli.main import main
 from eidos.config import default_config_path, load_config
 from eidos.encoders import load_codec, load_text_encoder
-from eidos.encoders.text import minilm_path
 from eidos.model import MaskDiT
 from eidos.training.ema import EMA
 from eidos.training.init_from import expected_model_config, resolve
 from eidos.training.loop import train
-from tests.conftest import tiny_run_overrides
+from tests.conftest import openmoji_overrides, tiny_run_overrides
 
 FINETUNE = str(Path(__file__).resolve().parents[1] / "configs" / "finetune.yaml")
 
 
-def finetune_overrides(output_dir, cache_dir, source, max_steps, *extra) -> list[str]:
-    """configs/finetune.yaml at the tiny test sizes, on the OpenMoji cache of the session."""
-    return [*tiny_run_overrides(output_dir, cache_dir, max_steps), "data.source=openmoji",
-            f"train.init_from={source}", "train.warmup_steps=2", "train.tracker=none", *extra]
+def finetune_overrides(output_dir, data, source, max_steps, *extra) -> list[str]:
+    """configs/finetune.yaml at the tiny test sizes, on `data` (data overrides, as for `tiny_run_overrides`)."""
+    return [*tiny_run_overrides(output_dir, data, max_steps), f"train.init_from={source}", "train.warmup_steps=2",
+            "train.tracker=none", *extra]
 
 
 @pytest.fixture(scope="module")
-def source(tmp_path_factory, shared_cache_dir):
-    """A tiny trained run: checkpoint-10/ (raw weights, EMA) and model/ (the exported EMA)."""
+def source(tmp_path_factory, synthetic_data):
+    """A tiny trained run on the synthetic cache: checkpoint-10/ (raw weights, EMA) and model/ (the exported EMA)."""
     run = tmp_path_factory.mktemp("source")
-    overrides = [*tiny_run_overrides(run, shared_cache_dir, max_steps=10), "train.tracker=none"]
+    overrides = [*tiny_run_overrides(run, synthetic_data, max_steps=10), "train.tracker=none"]
     train(load_config(default_config_path(), overrides))
     return run
 
 
 @pytest.fixture(scope="module")
-def encoders():
-    return load_codec("pixels"), load_text_encoder("minilm", 16)
+def encoders(tiny_text_encoder_dir):
+    """The source's codec and text encoder (the synthetic cache's)."""
+    return load_codec("pixels"), load_text_encoder(str(tiny_text_encoder_dir), 16)
 
 
 def built_model(config, encoders) -> tuple[MaskDiT, EMA]:
@@ -58,8 +58,8 @@ def tensors_equal(a: dict, b: dict) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k].to(a[k].dtype)) for k in a)
 
 
-def test_init_from_a_checkpoint_or_an_export_loads_its_weights_and_ema(source, shared_cache_dir, encoders, tmp_path):
-    config = load_config(FINETUNE, finetune_overrides(tmp_path / "ft", shared_cache_dir, source, 4))
+def test_init_from_a_checkpoint_or_an_export_loads_its_weights_and_ema(source, synthetic_data, encoders, tmp_path):
+    config = load_config(FINETUNE, finetune_overrides(tmp_path / "ft", synthetic_data, source, 4))
     checkpoint = resolve(str(source))  # a run folder: its newest checkpoint
     assert checkpoint.checkpoint == source / "checkpoint-10" and checkpoint.step == 10
     checkpoint.check(config, *encoders)
@@ -80,13 +80,13 @@ def test_init_from_a_checkpoint_or_an_export_loads_its_weights_and_ema(source, s
     assert tensors_equal(ema.shadow, load_file(source / "checkpoint-10" / "ema.safetensors"))
 
 
-def test_a_fine_tune_starts_at_step_zero_with_a_fresh_optimizer_and_records_its_source(source, shared_cache_dir,
+def test_a_fine_tune_starts_at_step_zero_with_a_fresh_optimizer_and_records_its_source(source, synthetic_data,
                                                                                        tmp_path):
     """A learning rate too small to move the weights: after the run they are still the source's."""
     run = tmp_path / "ft"
     stages = json.dumps([{"name": "flow", "fraction": 1.0, "mask_ratio": 0.0, "learning_rate": 1e-12,
                           "consistency": False}])
-    overrides = finetune_overrides(run, shared_cache_dir, source / "model", 4, f"train.stages={stages}")
+    overrides = finetune_overrides(run, synthetic_data, source / "model", 4, f"train.stages={stages}")
     train(load_config(FINETUNE, overrides))
     state = json.loads((run / "checkpoint-4" / "trainer_state.json").read_text())
     assert state == {"step": 4, "samples_seen": 4 * 16, "skipped_steps": 0}
@@ -105,13 +105,13 @@ def test_a_fine_tune_starts_at_step_zero_with_a_fresh_optimizer_and_records_its_
     assert load_config(run / "config.yaml").train.init_from == str(source / "model")  # the record is not a setting
 
 
-def test_rerunning_a_fine_tune_resumes_exactly_without_reading_the_source_again(source, shared_cache_dir, tmp_path):
+def test_rerunning_a_fine_tune_resumes_exactly_without_reading_the_source_again(source, synthetic_data, tmp_path):
     """Run 20 steps (flow, then a frozen-teacher consistency stage from step 8), drop the checkpoint of step 20
     as if the run had stopped at step 10, move the source away, rerun the same command: bit-identical state."""
     moved = tmp_path / "source"
     shutil.copytree(source, moved)
     run = tmp_path / "ft"
-    overrides = finetune_overrides(run, shared_cache_dir, moved, 20, "train.checkpoint_every=10")
+    overrides = finetune_overrides(run, synthetic_data, moved, 20, "train.checkpoint_every=10")
     train(load_config(FINETUNE, overrides))
     done = {name: load_file(run / "checkpoint-20" / name) for name in ("model.safetensors", "ema.safetensors")}
     optimizer = torch.load(run / "checkpoint-20" / "optimizer.bin", weights_only=True)
@@ -130,14 +130,15 @@ def test_rerunning_a_fine_tune_resumes_exactly_without_reading_the_source_again(
 
 
 @pytest.fixture
-def other_minilm(tmp_path):
-    """MiniLM with one weight changed: the same architecture and tokenizer, another text encoder."""
-    folder = tmp_path / "minilm-changed"
-    model = BertModel.from_pretrained(minilm_path())
+def other_text_encoder(tmp_path, tiny_text_encoder_dir):
+    """The source's text encoder with one weight changed: the same architecture and tokenizer, another text
+    encoder."""
+    folder = tmp_path / "text-encoder-changed"
+    model = BertModel.from_pretrained(tiny_text_encoder_dir)
     with torch.no_grad():
         model.pooler.dense.bias[0] += 1.0
     model.save_pretrained(folder)
-    AutoTokenizer.from_pretrained(minilm_path()).save_pretrained(folder)
+    AutoTokenizer.from_pretrained(tiny_text_encoder_dir).save_pretrained(folder)
     return folder
 
 
@@ -151,16 +152,17 @@ def vae_dir(tmp_path):
 
 
 @pytest.mark.parametrize("mismatch", ["codec", "text", "shape", "missing", "hub"])
-def test_a_mismatched_source_is_refused_in_one_line_before_any_work(mismatch, source, tmp_path, capsys, request,
-                                                                     monkeypatch):
+def test_a_mismatched_source_is_refused_in_one_line_before_any_work(mismatch, source, tiny_text_encoder_dir, tmp_path,
+                                                                     capsys, request, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     cache = tmp_path / "fresh-cache"  # the OpenMoji cache would be built here by any work
+    data = [*openmoji_overrides(cache), f"encoders.text={tiny_text_encoder_dir}"]  # the source's text encoder
     init, extra, expected = str(source), [], ""
     if mismatch == "codec":
         extra, expected = [f"encoders.codec={request.getfixturevalue('vae_dir')}"], \
             "its codec is PixelCodec (trained with encoders.codec='pixels'), this run's encoders.codec="
     elif mismatch == "text":
-        extra, expected = [f"encoders.text={request.getfixturevalue('other_minilm')}"], \
+        extra, expected = [f"encoders.text={request.getfixturevalue('other_text_encoder')}"], \
             "its text encoder differs from encoders.text="
     elif mismatch == "shape":
         extra, expected = ["model.depth=3"], "its transformer has another shape: depth=2 there, 3 here (model.depth)"
@@ -168,7 +170,7 @@ def test_a_mismatched_source_is_refused_in_one_line_before_any_work(mismatch, so
         init, expected = "./no-such-model", "is not an existing folder"
     else:
         init, expected = "nobody-eidos/no-such-model", "could not be fetched from the Hugging Face Hub"
-    overrides = finetune_overrides(tmp_path / "ft", cache, init, 4, *extra)
+    overrides = finetune_overrides(tmp_path / "ft", data, init, 4, *extra)
     assert main(["train", "--config", FINETUNE, *overrides]) == 2
     err = capsys.readouterr().err  # (transformers may print its loading bar before)
     errors = [line for line in err.splitlines() if line.startswith("eidos train:")]
@@ -178,10 +180,10 @@ def test_a_mismatched_source_is_refused_in_one_line_before_any_work(mismatch, so
     assert not (tmp_path / "ft" / "config.yaml").exists()
 
 
-def test_a_new_resolution_recomputes_the_position_embeddings(source, shared_cache_dir, encoders, tmp_path, caplog):
+def test_a_new_resolution_recomputes_the_position_embeddings(source, synthetic_data, encoders, tmp_path, caplog):
     """16x16 -> 32x32 pixels (4x4 -> 8x8 tokens): allowed, said how, every weight loaded, the model runs."""
-    config = load_config(FINETUNE, finetune_overrides(tmp_path / "ft", shared_cache_dir, source, 4,
-                                                      "data.resolution=32"))
+    config = load_config(FINETUNE, finetune_overrides(tmp_path / "ft", synthetic_data, source, 4,
+                                                     "data.resolution=32"))
     init = resolve(str(source))
     with caplog.at_level(logging.INFO, logger="eidos.training.init_from"):
         init.check(config, *encoders)
@@ -191,6 +193,7 @@ def test_a_new_resolution_recomputes_the_position_embeddings(source, shared_cach
     init.load_into(model, ema)
     raw = {k.removeprefix("model."): v for k, v in load_file(source / "checkpoint-10" / "model.safetensors").items()}
     assert tensors_equal(dict(model.state_dict()), raw) and model.pos_embed.shape[1] == 64
-    out = model(torch.randn(2, 3, 32, 32), torch.rand(2), text_pooled=torch.randn(2, 384),
-                text_tokens=torch.randn(2, 16, 384), text_mask=torch.ones(2, 16, dtype=torch.bool))
+    dim = encoders[1].dim  # the text encoder's width
+    out = model(torch.randn(2, 3, 32, 32), torch.rand(2), text_pooled=torch.randn(2, dim),
+                text_tokens=torch.randn(2, 16, dim), text_mask=torch.ones(2, 16, dtype=torch.bool))
     assert out.sample.shape == (2, 3, 32, 32) and torch.isfinite(out.sample).all()

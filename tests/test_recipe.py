@@ -159,12 +159,12 @@ def test_guided_flow_previews_run_under_cpu_bf16_autocast():
     assert images.shape == batch.latents.shape and torch.isfinite(images).all()
 
 
-def test_a_time_limit_stops_the_run_with_a_checkpoint_and_an_export(tmp_path, shared_cache_dir):
+def test_a_time_limit_stops_the_run_with_a_checkpoint_and_an_export(tmp_path, synthetic_data):
     from eidos.config import default_config_path
     from eidos.training.loop import train
     from tests.conftest import tiny_run_overrides
 
-    overrides = tiny_run_overrides(tmp_path / "run", shared_cache_dir, max_steps=1000)
+    overrides = tiny_run_overrides(tmp_path / "run", synthetic_data, max_steps=1000)
     final = train(load_config(default_config_path(), [*overrides, "train.time_limit_minutes=0.0001"]))
     assert (final / "model_index.json").exists()
     assert [p.name for p in (tmp_path / "run").glob("checkpoint-*")] == ["checkpoint-1"]

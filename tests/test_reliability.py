@@ -29,9 +29,9 @@ def read_steps(run):
     return [json.loads(line)["step"] for line in path.read_text().splitlines()] if path.exists() else []
 
 
-def test_sigterm_saves_a_checkpoint_then_exits(tmp_path, shared_cache_dir):
+def test_sigterm_saves_a_checkpoint_then_exits(tmp_path, synthetic_data):
     run = tmp_path / "run"
-    overrides = tiny_run_overrides(run, shared_cache_dir, max_steps=100_000) + ["train.checkpoint_every=50000"]
+    overrides = tiny_run_overrides(run, synthetic_data, max_steps=100_000) + ["train.checkpoint_every=50000"]
     process = subprocess.Popen([sys.executable, "main.py", *overrides], cwd=REPO, stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 180
@@ -62,11 +62,11 @@ class NaNAfter(step.FACMObjective):
         return loss, parts
 
 
-def test_consecutive_non_finite_steps_stop_the_run_naming_step_and_checkpoint(tmp_path, shared_cache_dir, monkeypatch):
+def test_consecutive_non_finite_steps_stop_the_run_naming_step_and_checkpoint(tmp_path, synthetic_data, monkeypatch):
     monkeypatch.setattr(step, "FACMObjective", NaNAfter)
     NaNAfter.calls = 0
     run = tmp_path / "run"
-    config = load_config(default_config_path(), tiny_run_overrides(run, shared_cache_dir, max_steps=40)
+    config = load_config(default_config_path(), tiny_run_overrides(run, synthetic_data, max_steps=40)
                          + ["train.checkpoint_every=5", "train.max_consecutive_skips=3", "train.log_every=1"])
     # steps 8, 9 and 10 are skipped; a skipped step consumes its batch but leaves the weights alone, so the
     # checkpoint written after step 9 holds the (finite) weights of step 7
@@ -97,9 +97,9 @@ class Payload:
 
 
 @pytest.mark.parametrize("archive", [False, True], ids=["plain pickle", "torch.save archive"])
-def test_a_checkpoint_carrying_code_is_refused_without_running_it(tmp_path, shared_cache_dir, archive):
+def test_a_checkpoint_carrying_code_is_refused_without_running_it(tmp_path, synthetic_data, archive):
     run = tmp_path / "run"
-    overrides = tiny_run_overrides(run, shared_cache_dir, max_steps=4) + ["train.checkpoint_every=2"]
+    overrides = tiny_run_overrides(run, synthetic_data, max_steps=4) + ["train.checkpoint_every=2"]
     loop.train(load_config(default_config_path(), overrides))
     shutil.rmtree(run / "checkpoint-4")
     marker = tmp_path / "pwned"
@@ -121,9 +121,9 @@ def torchrun(args, run):
     return result
 
 
-def test_two_process_training_checkpoints_once_and_resumes_exactly(tmp_path, shared_cache_dir):
+def test_two_process_training_checkpoints_once_and_resumes_exactly(tmp_path, synthetic_data):
     run = tmp_path / "run"
-    args = tiny_run_overrides(run, shared_cache_dir, max_steps=8) + ["train.checkpoint_every=4", "train.log_every=2"]
+    args = tiny_run_overrides(run, synthetic_data, max_steps=8) + ["train.checkpoint_every=4", "train.log_every=2"]
     torchrun(args, run)
     assert read_steps(run) == [2, 4, 6, 8]  # logged once, by the main process
     assert [p.name for p in list_checkpoints(run)] == ["checkpoint-4", "checkpoint-8"]
@@ -140,10 +140,10 @@ def test_two_process_training_checkpoints_once_and_resumes_exactly(tmp_path, sha
     assert all(torch.equal(final[k], resumed[k]) for k in final)
 
 
-def test_sigkill_after_a_checkpoint_then_rerun_matches_an_uninterrupted_run(tmp_path, shared_cache_dir):
+def test_sigkill_after_a_checkpoint_then_rerun_matches_an_uninterrupted_run(tmp_path, synthetic_data):
     reference, killed = tmp_path / "reference", tmp_path / "killed"
-    loop.train(load_config(default_config_path(), tiny_run_overrides(reference, shared_cache_dir, max_steps=60)))
-    args = tiny_run_overrides(killed, shared_cache_dir, max_steps=60) + ["train.checkpoint_every=10"]
+    loop.train(load_config(default_config_path(), tiny_run_overrides(reference, synthetic_data, max_steps=60)))
+    args = tiny_run_overrides(killed, synthetic_data, max_steps=60) + ["train.checkpoint_every=10"]
     process = subprocess.Popen([sys.executable, "main.py", *args], cwd=REPO, stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL)
     deadline = time.time() + 180
@@ -180,7 +180,7 @@ def test_an_overflowing_jvp_tangent_is_clipped_or_skipped(monkeypatch, bad, fini
     assert bool(torch.isfinite(loss)) == finite and bool(torch.isfinite(parts["cm"])) == finite
 
 
-def test_a_failing_sample_grid_is_a_warning_and_the_run_goes_on(tmp_path, shared_cache_dir, monkeypatch, caplog):
+def test_a_failing_sample_grid_is_a_warning_and_the_run_goes_on(tmp_path, synthetic_data, monkeypatch, caplog):
     """Grids are drawn after the step's checkpoint is safe, and a grid that fails never ends the run."""
 
     def broken(*args, **kwargs):
@@ -189,6 +189,6 @@ def test_a_failing_sample_grid_is_a_warning_and_the_run_goes_on(tmp_path, shared
     monkeypatch.setattr(report, "render_previews", broken)
     run = tmp_path / "run"
     with caplog.at_level("WARNING"):
-        loop.train(load_config(default_config_path(), tiny_run_overrides(run, shared_cache_dir, max_steps=30)))
+        loop.train(load_config(default_config_path(), tiny_run_overrides(run, synthetic_data, max_steps=30)))
     assert (run / "checkpoint-30" / "trainer_state.json").exists() and (run / "model" / "model_index.json").exists()
     assert "step 30: sample grid failed, training goes on: RuntimeError: preview exploded" in caplog.text

@@ -1,4 +1,5 @@
-"""End-to-end training on the embedded default (tiny sizes), resume, and `eidos sample`."""
+"""End-to-end training on the embedded default (OpenMoji, MiniLM; tiny sizes), resume, `eidos sample` and
+`eidos eval`; compiled blocks on the synthetic cache."""
 
 import json
 import shutil
@@ -17,9 +18,9 @@ from tests.conftest import tiny_run_overrides
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory, shared_cache_dir):
+def run_dir(tmp_path_factory, openmoji_data):
     output = tmp_path_factory.mktemp("run")
-    train(load_config(default_config_path(), tiny_run_overrides(output, shared_cache_dir)))
+    train(load_config(default_config_path(), tiny_run_overrides(output, openmoji_data)))
     return output
 
 
@@ -45,12 +46,12 @@ def test_short_run_lowers_the_loss_and_writes_everything(run_dir):
     assert load_config(run_dir / "config.yaml").train.max_steps == 60  # the resolved config, reloadable
 
 
-def test_rerunning_resumes_from_the_latest_checkpoint_exactly(run_dir, tmp_path, shared_cache_dir):
+def test_rerunning_resumes_from_the_latest_checkpoint_exactly(run_dir, tmp_path, openmoji_data):
     """Keep only the first checkpoint (as if the run had stopped after step 30) and rerun the same command:
     training continues from step 30 and reaches bit-identical weights, EMA and optimizer state at step 60."""
     resumed = tmp_path / "resumed"
     shutil.copytree(run_dir / "checkpoint-30", resumed / "checkpoint-30")
-    train(load_config(default_config_path(), tiny_run_overrides(resumed, shared_cache_dir)))
+    train(load_config(default_config_path(), tiny_run_overrides(resumed, openmoji_data)))
     steps = [m["step"] for m in read_metrics(resumed)]
     assert steps == list(range(35, 61, 5))  # nothing before step 30 was redone
     for name in ("model.safetensors", "ema.safetensors"):
@@ -105,10 +106,10 @@ def test_eval_cli_scores_the_run_against_its_own_data(run_dir, tmp_path, capsys)
     assert "name the config of the data to evaluate on with --config" in capsys.readouterr().err
 
 
-def test_compiled_blocks_train_like_eager_ones(tmp_path, shared_cache_dir):
+def test_compiled_blocks_train_like_eager_ones(tmp_path, synthetic_data):
     losses = {}
     for compile_ in ("false", "true"):
-        overrides = tiny_run_overrides(tmp_path / compile_, shared_cache_dir, max_steps=4) + [
+        overrides = tiny_run_overrides(tmp_path / compile_, synthetic_data, max_steps=4) + [
             f"train.compile={compile_}", "train.log_every=2", "train.checkpoint_every=4", "train.sample_every=4"]
         train(load_config(default_config_path(), overrides))
         lines = (tmp_path / compile_ / "metrics.jsonl").read_text().splitlines()
