@@ -238,7 +238,7 @@ def test_the_frozen_teacher_objective_calls_the_teacher_not_the_student():
 
 
 @pytest.mark.parametrize("start_from_ema", [True, False])
-def test_a_stage_can_start_from_the_ema_weights(tmp_path, shared_cache_dir, start_from_ema):
+def test_a_stage_can_start_from_the_ema_weights(tmp_path, synthetic_data, start_from_ema):
     """With start_from_ema the consistency stage's live weights begin as the EMA of its first step (the frozen
     teacher); without it they continue from the raw weights. The stage's learning rate is ~0, so the weights
     at the end of the run are those the stage began with."""
@@ -252,7 +252,7 @@ def test_a_stage_can_start_from_the_ema_weights(tmp_path, shared_cache_dir, star
               "{name: consistency, fraction: 0.5, mask_ratio: 0.0, learning_rate: 1.0e-12, restart_ema: true, "
               f"start_from_ema: {str(start_from_ema).lower()}}}]")
     run = tmp_path / "run"
-    overrides = [*tiny_run_overrides(run, shared_cache_dir, max_steps=12), stages, "train.checkpoint_every=6",
+    overrides = [*tiny_run_overrides(run, synthetic_data, max_steps=12), stages, "train.checkpoint_every=6",
                  "train.sample_every=1000"]
     train(load_config(default_config_path(), overrides))
     ema_then = load_file(run / "checkpoint-6" / "ema.safetensors")
