@@ -11,7 +11,8 @@ REPO = Path(__file__).resolve().parents[1]
 def test_default_config_file_is_the_embedded_default():
     config = load_config(default_config_path())
     assert config.data.source == "openmoji" and config.encoders.codec == "pixels"
-    assert config.model.preset == "tiny" and config.train.stage_steps() == [406, 798, 246]
+    assert config.model.preset == "tiny" and config.train.stage_steps() == [406, 1080, 100]
+    assert config.model.branch_embedding and config.train.stages[-1].start_from_ema
     assert [s.mask_ratio for s in config.train.stages] == [0.5, 0.0, 0.0]
     assert [s.consistency for s in config.train.stages] == [False, False, True]
     assert config.objective.consistency_teacher == "frozen" and config.train.stages[-1].restart_ema
