@@ -34,10 +34,6 @@ class TextEmbeddings:
     def repeat_interleave(self, repeats: int) -> TextEmbeddings:
         return self._map(lambda t: t.repeat_interleave(repeats, dim=0))
 
-    def concat(self, other: TextEmbeddings) -> TextEmbeddings:
-        """Both batches stacked along dim 0 (token sequences must have the same length)."""
-        return TextEmbeddings.cat([self, other])
-
     @staticmethod
     def cat(parts: list[TextEmbeddings]) -> TextEmbeddings:
         """The batches stacked along dim 0 (token sequences of the same length); a missing `drop` counts as False."""

@@ -72,8 +72,8 @@ def teacher_velocity(
     Conditional and unconditional passes go through the model as one batch of 2B. (B, C, H, W) float32.
     """
     everyone = torch.ones_like(dropped)
-    both = TextEmbeddings(text.pooled, text.tokens, text.mask, drop=dropped).concat(
-        TextEmbeddings(text.pooled, text.tokens, text.mask, drop=everyone))
+    both = TextEmbeddings.cat([TextEmbeddings(text.pooled, text.tokens, text.mask, drop=dropped),
+                               TextEmbeddings(text.pooled, text.tokens, text.mask, drop=everyone)])
     t = flow_condition(s)
     out = model(torch.cat([x_s, x_s]), torch.cat([t, t]), **both.model_kwargs(), drop_text=both.drop).sample
     u_cond, u_uncond = out.float().chunk(2)

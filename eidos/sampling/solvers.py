@@ -70,7 +70,7 @@ def flow_velocity(
     if negative_text is None:
         everyone = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
         negative_text = TextEmbeddings(text.pooled, text.tokens, text.mask, drop=everyone)
-    both = text.concat(negative_text)
+    both = TextEmbeddings.cat([text, negative_text])
     out = model(torch.cat([x, x]), torch.cat([t, t]), **both.model_kwargs(), drop_text=both.drop).sample
     out = at_least_float32(out)
     cond, uncond = out.chunk(2)

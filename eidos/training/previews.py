@@ -49,7 +49,7 @@ def build_preview_set(
     held = held_out.rows(torch.tensor(_pick(held_out, count, rng), dtype=torch.long))
     seen = train.rows(torch.tensor(_pick(train, config.num_train_prompts, rng), dtype=torch.long))
     captions = [caption + " *" for caption in held.captions] + seen.captions
-    text = held.text.concat(seen.text)
+    text = TextEmbeddings.cat([held.text, seen.text])
     references = torch.cat([held.latent_mean, seen.latent_mean]).float()
     noise = torch.randn(len(captions), *latent_shape, generator=generator)
     return PreviewSet(captions, text, references, noise)
