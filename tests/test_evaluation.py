@@ -116,6 +116,14 @@ def test_a_perfect_generator_scores_the_real_images_and_a_constant_one_scores_ch
     with pytest.raises(ValueError, match="made 19 images for 20 prompts"):
         evaluate({"short": lambda: prompts.images[:19]}, prompts, reference, PixelFeatures())
 
+    # two rounds (perfect, then constant): each scored as one round is, the row their mean and spread
+    both = evaluate({"two rounds": lambda: torch.cat([prompts.images, constant])}, prompts, reference,
+                    PixelFeatures(grid=4))[1]
+    for key in ("frechet", "top-1", "top-5"):
+        assert both[key] == pytest.approx((perfect[key] + const[key]) / 2)
+        assert both[f"{key} std"] == pytest.approx(abs(perfect[key] - const[key]) / 2 ** 0.5)
+    assert both["rounds"] == 2 and "rounds" not in perfect and "frechet std" not in perfect
+
 
 def plugin_features(device):
     """A user's own extractor, named on the command line as tests.test_evaluation:plugin_features."""

@@ -101,6 +101,19 @@ def test_eval_cli_scores_the_run_against_its_own_data(run_dir, tmp_path, capsys)
     assert rows["consistency 1 step"]["frechet"] > rows["real held-out"]["frechet"]
     assert "| real held-out |" in capsys.readouterr().out
     assert main(args[:3] + ["--consistency-steps", "0"]) == 2  # refused before loading anything
+    assert main(args[:3] + ["--images-per-prompt", "0"]) == 2
+
+    # two images per prompt = the rounds of seeds 0 and 10 (10 prompts), scored apart and averaged
+    def one_step(*extra):
+        main([*args[:3], "--consistency-steps", "1", "--flow-steps", "0", "--max-prompts", "10", "--out", str(out),
+              *extra])
+        return json.loads(out.read_text())["rows"][1]
+    rounds, two = [one_step("--seed", seed) for seed in ("0", "10")], one_step("--images-per-prompt", "2")
+    assert rounds[0] == pytest.approx({**rows["consistency 1 step"], "images/s": rounds[0]["images/s"]})
+    assert two["frechet"] == pytest.approx((rounds[0]["frechet"] + rounds[1]["frechet"]) / 2)
+    assert two["top-5"] == pytest.approx((rounds[0]["top-5"] + rounds[1]["top-5"]) / 2)
+    assert two["frechet std"] == pytest.approx(abs(rounds[0]["frechet"] - rounds[1]["frechet"]) / 2 ** 0.5)
+    assert rounds[0]["frechet"] != rounds[1]["frechet"]  # other seeds, other images
     shutil.copytree(run_dir / "model", tmp_path / "export")  # an export outside its run: which data is unknown
     assert main(["eval", "--checkpoint", str(tmp_path / "export")]) == 2
     assert "name the config of the data to evaluate on with --config" in capsys.readouterr().err

@@ -1,6 +1,8 @@
 """`eidos eval`: sample quality of an exported model at 1/2/4 consistency steps and N flow steps.
 
-For every held-out caption of the run's data, one image per sampler setting (seed + i for the i-th caption).
+For every held-out caption of the run's data, one image per sampler setting (seed + i for the i-th caption);
+--images-per-prompt K repeats that K times with new seeds and reports each number's mean over the K rounds and
+their spread (one image for each of ~100 prompts moves top-5 by a few points from seed to seed).
 Reported per setting: the Fréchet distance of their features to the training images' (an FID with --features
 inception, at this sample size: not comparable with published 50k-sample FIDs), the caption-alignment hit rates
 at 1 and 5 (eidos/evaluation/alignment.py) and images/s. The real held-out images (through the codec), scored
@@ -30,6 +32,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--flow-steps", type=int, help="flow Euler steps (default sampling.flow_steps; 0 = none)")
     parser.add_argument("--guidance-scale", type=float, help="CFG of flow sampling (default sampling.guidance_scale)")
     parser.add_argument("--max-prompts", type=int, help="use the first N held-out captions (default: all)")
+    parser.add_argument("--images-per-prompt", type=int, default=1,
+                        help="rounds of one image per caption; each number is the mean over the rounds (default 1)")
     parser.add_argument("--max-references", type=int, default=10_000,
                         help="training images in the reference set (a seeded subset when there are more)")
     parser.add_argument("--seed", type=int, default=0)
@@ -47,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
 
     if any(n < 1 for n in args.consistency_steps) or (args.flow_steps or 0) < 0:
         raise ValueError("--consistency-steps must be >= 1 and --flow-steps >= 0")
-    for flag in ("max_prompts", "max_references", "batch_size"):
+    for flag in ("max_prompts", "images_per_prompt", "max_references", "batch_size"):
         value = getattr(args, flag)
         if value is not None and value < 1:
             raise ValueError(f"--{flag.replace('_', '-')} must be >= 1, got {value}")
@@ -60,7 +64,8 @@ def run(args: argparse.Namespace) -> int:
     config = load_user_config(config_path, args.overrides)  # validated before anything heavy loads
     settings = EvaluationSettings(
         consistency_steps=args.consistency_steps, flow_steps=args.flow_steps, guidance_scale=args.guidance_scale,
-        max_prompts=args.max_prompts, max_references=args.max_references, seed=args.seed,
+        max_prompts=args.max_prompts, images_per_prompt=args.images_per_prompt, max_references=args.max_references,
+        seed=args.seed,
         batch_size=args.batch_size, features=args.features, inception_weights=args.inception_weights,
         device=args.device)
     rows = evaluate_model(model_folder, config, settings)
@@ -73,11 +78,21 @@ def run(args: argparse.Namespace) -> int:
 
 
 def print_rows(rows: list[dict], args: argparse.Namespace) -> None:
+    rounds = f"; mean ± std over {args.images_per_prompt} rounds of one image per prompt" \
+        if args.images_per_prompt > 1 else ""
     print(f"\nfeatures: {args.features}; Fréchet distance to the training images; caption alignment hit rates "
-          f"(real held-out = the reference, chance = k / distinct prompts)\n")
+          f"(real held-out = the reference, chance = k / distinct prompts){rounds}\n")
     print("| images | Fréchet distance | top-1 | top-5 | images/s |")
     print("|---|---|---|---|---|")
     for row in rows:
-        frechet = f"{row['frechet']:.2f}" if "frechet" in row else "-"
+        frechet = format_metric(row, "frechet", "{:.2f}")
         speed = f"{row['images/s']:.1f}" if "images/s" in row else "-"
-        print(f"| {row['images']} | {frechet} | {row['top-1']:.1%} | {row['top-5']:.1%} | {speed} |")
+        print(f"| {row['images']} | {frechet} | {format_metric(row, 'top-1', '{:.1%}')} | "
+              f"{format_metric(row, 'top-5', '{:.1%}')} | {speed} |")
+
+
+def format_metric(row: dict, key: str, form: str) -> str:
+    if key not in row:
+        return "-"
+    spread = f" ± {form.format(row[key + ' std'])}" if key + " std" in row else ""
+    return form.format(row[key]) + spread

@@ -61,20 +61,34 @@ def evaluate(
     ks: tuple[int, ...] = (1, 5),
 ) -> list[dict]:
     """One row per image source: the real held-out images (`prompts.images`), each generator (called once,
-    returning one image per prompt, in order, timed) and chance."""
+    timed) and chance. A generator returns K rounds of one image per prompt, round after round (K x N images);
+    each round is scored as the real images are (N images), and the row holds the mean over the rounds, with
+    their standard deviation ("<metric> std") when K > 1: more rounds narrow the noise, not the numbers' meaning."""
     ref = Reference.of(reference, extractor)
     rows = [{"images": "real held-out", **score(prompts.images, prompts, ref, extractor, ks)}]
+    count = len(prompts.captions)
     for name, generate in generators.items():
         start = time.perf_counter()
         images = generate()
         seconds = time.perf_counter() - start
-        if images.shape[0] != len(prompts.captions):
-            raise ValueError(f"{name} made {images.shape[0]} images for {len(prompts.captions)} prompts")
-        rows.append({"images": name, **score(images, prompts, ref, extractor, ks),
-                     "images/s": len(images) / seconds})
-    count = len(distinct_prompts(prompts)[0])
-    rows.append({"images": "chance", **{f"top-{k}": min(1.0, k / count) for k in ks}})
+        if images.shape[0] == 0 or images.shape[0] % count:
+            raise ValueError(f"{name} made {images.shape[0]} images for {count} prompts: expected a whole number "
+                             f"of rounds of one image per prompt")
+        rounds = [score(chunk, prompts, ref, extractor, ks) for chunk in images.split(count)]
+        rows.append({"images": name, **mean_over_rounds(rounds), "images/s": len(images) / seconds})
+    distinct = len(distinct_prompts(prompts)[0])
+    rows.append({"images": "chance", **{f"top-{k}": min(1.0, k / distinct) for k in ks}})
     return rows
+
+
+def mean_over_rounds(rounds: list[dict[str, float]]) -> dict[str, float]:
+    """Each metric's mean over the rounds; with several rounds also their (sample) standard deviation."""
+    values = {key: torch.tensor([r[key] for r in rounds], dtype=torch.float64) for key in rounds[0]}
+    row = {key: float(v.mean()) for key, v in values.items()}
+    if len(rounds) > 1:
+        row |= {f"{key} std": float(v.std()) for key, v in values.items()}
+        row["rounds"] = len(rounds)
+    return row
 
 
 def distinct_prompts(prompts: CaptionedImages) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,5 +1,6 @@
 """Evaluate an exported model on its run's data: the held-out captions and the training images as the reference,
-one image per held-out caption for each sampler setting (seed + i for the i-th caption), scored by `report`.
+one image per held-out caption for each sampler setting (seed + i for the i-th caption), scored by `report`;
+with images_per_prompt K, K such rounds (round r's i-th image from seed + r * N + i: round 0 is the K = 1 eval).
 
 The real held-out images (through the codec) are scored the same way: what a generator that generalises
 perfectly would score at this sample size.
@@ -29,6 +30,7 @@ class EvaluationSettings:
     flow_steps: int | None = None  # None: the config's sampling.flow_steps; 0: no flow row
     guidance_scale: float | None = None  # None: the config's sampling.guidance_scale
     max_prompts: int | None = None  # None: every held-out caption
+    images_per_prompt: int = 1  # rounds of one image per caption, scored apart and averaged
     max_references: int = 10_000
     seed: int = 0
     batch_size: int = 64
@@ -58,7 +60,8 @@ def evaluate_model(model_folder: Path, config: Config, settings: EvaluationSetti
     chosen = torch.randperm(len(train_set), generator=generator)[: settings.max_references].sort().values
     reference = captioned_images(pipeline, train_set, chosen, settings)
 
-    generators = {name: (lambda s=setting: generate(pipeline, prompts.captions, *s, settings))
+    captions = prompts.captions * settings.images_per_prompt  # round after round: image p from seed + p
+    generators = {name: (lambda s=setting: generate(pipeline, captions, *s, settings))
                   for name, setting in sampler_settings(config, settings).items()}
     extractor = load_feature_extractor(settings.features, settings.device, settings.inception_weights)
     return evaluate(generators, prompts, reference, extractor)
