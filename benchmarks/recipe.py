@@ -9,6 +9,7 @@
 
     python -m benchmarks.recipe --out /tmp/recipe                       # OpenMoji, the default config
     python -m benchmarks.recipe --out /tmp/r2 --seed 1                  # a repeat with another seed
+    python -m benchmarks.recipe --out /tmp/recipe --images-per-prompt 5   # the same runs, 5 eval rounds
     python -m benchmarks.recipe --out /tmp/g --glyphs                   # the second image set (glyph_set.py)
     python -m benchmarks.recipe --out /tmp/a --recipe objective.consistency_teacher=sample   # an ablation
     python -m benchmarks.recipe --out $OUT/gpu --config configs/openmoji-gpu.yaml --fit-minutes 7   # on a GPU
@@ -32,6 +33,7 @@ import time
 from pathlib import Path
 
 from benchmarks.common import machine
+from eidos.cli.evaluate import format_metric
 from eidos.config import default_config_path, load_config
 
 PEER = [
@@ -92,7 +94,8 @@ def train_and_eval(name: str, out: Path, overrides: list[str], eval_args: list[s
         eidos("train", "--output-dir", str(run), *overrides, log=out / f"{name}.train.log")
     metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     minutes = metrics[-1]["train_minutes"]
-    result = out / f"{name}.eval.json"
+    rounds = int(eval_args[eval_args.index("--images-per-prompt") + 1])
+    result = out / (f"{name}.eval.json" if rounds == 1 else f"{name}.eval-{rounds}-rounds.json")
     if not result.exists():
         eidos("eval", "--checkpoint", str(run), "--out", str(result), *eval_args, log=out / f"{name}.eval.log")
     return json.loads(result.read_text()), minutes
@@ -108,11 +111,14 @@ def main() -> None:
     parser.add_argument("--fit-minutes", type=float, help="size train.max_steps to about this many minutes here")
     parser.add_argument("--flow-steps", type=int, default=30)
     parser.add_argument("--guidance-scale", type=float, default=1.75, help="CFG of the flow rows")
+    parser.add_argument("--images-per-prompt", type=int, default=1,
+                        help="eval rounds of one image per caption (rows: mean ± std over the rounds)")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     common = (["--config", args.config] if args.config else []) + ["--seed", str(args.seed)]
     common += glyph_config(args.out) if args.glyphs else []
-    flow = ["--flow-steps", str(args.flow_steps), "--guidance-scale", str(args.guidance_scale)]
+    flow = ["--flow-steps", str(args.flow_steps), "--guidance-scale", str(args.guidance_scale),
+            "--images-per-prompt", str(args.images_per_prompt)]
 
     recipe_run = common + args.recipe
     if args.fit_minutes:
@@ -139,8 +145,9 @@ def main() -> None:
             elif row["images"].startswith("flow"):
                 nfe = str(2 * args.flow_steps if args.guidance_scale != 1 else args.flow_steps)
             name = row["images"] if row["images"].startswith(("real", "chance")) else f"{label}, {row['images']}"
-            frechet = f"{row['frechet']:.2f}" if "frechet" in row else "-"
-            print(f"| {name} | {nfe} | {frechet} | {row['top-1']:.1%} | {row['top-5']:.1%} |")
+            cells = [format_metric(row, key, form) for key, form in (("frechet", "{:.2f}"), ("top-1", "{:.1%}"),
+                                                                          ("top-5", "{:.1%}"))]
+            print(f"| {name} | {nfe} | {' | '.join(cells)} |")
 
 
 if __name__ == "__main__":

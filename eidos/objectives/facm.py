@@ -33,7 +33,14 @@ from eidos.objectives.consistency import (
 )
 from eidos.objectives.flow_matching import velocity_loss
 from eidos.objectives.mae import masked_reconstruction_loss
-from eidos.objectives.path import conditional_velocity, consistency_condition, flow_condition, interpolate, per_sample
+from eidos.objectives.path import (
+    conditional_velocity,
+    consistency_condition,
+    flow_condition,
+    guided_pair,
+    interpolate,
+    per_sample,
+)
 from eidos.objectives.time_sampling import sample_times
 
 
@@ -67,16 +74,9 @@ def teacher_velocity(
     model: nn.Module, x_s: torch.Tensor, s: torch.Tensor, text: TextEmbeddings, dropped: torch.Tensor,
     cfg: ObjectiveConfig,
 ) -> torch.Tensor:
-    """The flow branch's guided velocity u* = G_unc + w (G_c - G_unc) at (x_s, -s), all tokens, no gradient.
-
-    Conditional and unconditional passes go through the model as one batch of 2B. (B, C, H, W) float32.
-    """
-    everyone = torch.ones_like(dropped)
-    both = TextEmbeddings.cat([TextEmbeddings(text.pooled, text.tokens, text.mask, drop=dropped),
-                               TextEmbeddings(text.pooled, text.tokens, text.mask, drop=everyone)])
-    t = flow_condition(s)
-    out = model(torch.cat([x_s, x_s]), torch.cat([t, t]), **both.model_kwargs(), drop_text=both.drop).sample
-    u_cond, u_uncond = out.float().chunk(2)
+    """The flow branch's guided velocity u* = G_unc + w (G_c - G_unc) at (x_s, -s), all tokens, no gradient;
+    (B, C, H, W) in at least float32."""
+    u_cond, u_uncond = guided_pair(model, x_s, s, TextEmbeddings(text.pooled, text.tokens, text.mask, drop=dropped))
     return guided_velocity(u_cond, u_uncond, s, dropped, cfg.guidance_scale, cfg.guidance_interval)
 
 

@@ -8,6 +8,9 @@ velocity) and t = s for the consistency branch (average velocity from s down to 
 from __future__ import annotations
 
 import torch
+from torch import nn
+
+from eidos.batch import TextEmbeddings
 
 
 def at_least_float32(x: torch.Tensor) -> torch.Tensor:
@@ -40,3 +43,20 @@ def flow_condition(s: torch.Tensor) -> torch.Tensor:
 def consistency_condition(s: torch.Tensor) -> torch.Tensor:
     """Time condition of the consistency (average velocity) branch."""
     return s
+
+
+def guided_pair(
+    model: nn.Module, x: torch.Tensor, s: torch.Tensor, text: TextEmbeddings,
+    negative_text: TextEmbeddings | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The flow branch's velocities at (x, s) with `text` and without it (the learned null text, or
+    `negative_text`), the two halves of classifier-free guidance; one batch of 2B through the model, each half
+    (B, C, H, W) in at least float32."""
+    if negative_text is None:
+        everyone = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
+        negative_text = TextEmbeddings(text.pooled, text.tokens, text.mask, drop=everyone)
+    both = TextEmbeddings.cat([text, negative_text])
+    t = flow_condition(s)
+    out = model(torch.cat([x, x]), torch.cat([t, t]), **both.model_kwargs(), drop_text=both.drop).sample
+    cond, uncond = at_least_float32(out).chunk(2)
+    return cond, uncond

@@ -9,7 +9,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from torch import nn
 
 from eidos.batch import TextEmbeddings
-from eidos.objectives.path import at_least_float32, consistency_condition, flow_condition
+from eidos.objectives.path import at_least_float32, consistency_condition, flow_condition, guided_pair
 
 
 def consistency_times(num_steps: int) -> list[float]:
@@ -64,16 +64,10 @@ def flow_velocity(
     The unconditional branch is the learned null text, or `negative_text` if given; both branches go through
     the model as one batch of 2B.
     """
-    t = flow_condition(_full(s, x))
     if guidance_scale == 1:
+        t = flow_condition(_full(s, x))
         return at_least_float32(model(x, t, **text.model_kwargs(), drop_text=text.drop).sample)
-    if negative_text is None:
-        everyone = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
-        negative_text = TextEmbeddings(text.pooled, text.tokens, text.mask, drop=everyone)
-    both = TextEmbeddings.cat([text, negative_text])
-    out = model(torch.cat([x, x]), torch.cat([t, t]), **both.model_kwargs(), drop_text=both.drop).sample
-    out = at_least_float32(out)
-    cond, uncond = out.chunk(2)
+    cond, uncond = guided_pair(model, x, _full(s, x), text, negative_text)
     return uncond + guidance_scale * (cond - uncond)
 
 
