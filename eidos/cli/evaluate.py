@@ -65,9 +65,8 @@ def run(args: argparse.Namespace) -> int:
     settings = EvaluationSettings(
         consistency_steps=args.consistency_steps, flow_steps=args.flow_steps, guidance_scale=args.guidance_scale,
         max_prompts=args.max_prompts, images_per_prompt=args.images_per_prompt, max_references=args.max_references,
-        seed=args.seed,
-        batch_size=args.batch_size, features=args.features, inception_weights=args.inception_weights,
-        device=args.device)
+        seed=args.seed, batch_size=args.batch_size, features=args.features,
+        inception_weights=args.inception_weights, device=args.device)
     rows = evaluate_model(model_folder, config, settings)
     print_rows(rows, args)
     if args.out:
