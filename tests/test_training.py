@@ -59,7 +59,10 @@ def test_rerunning_resumes_from_the_latest_checkpoint_exactly(run_dir, tmp_path,
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
     opt_a = torch.load(run_dir / "checkpoint-60" / "optimizer.bin", weights_only=True)
     opt_b = torch.load(resumed / "checkpoint-60" / "optimizer.bin", weights_only=True)
-    assert all(torch.equal(opt_a["state"][i]["exp_avg"], opt_b["state"][i]["exp_avg"]) for i in opt_a["state"])
+    assert opt_a["state"].keys() == opt_b["state"].keys() and opt_a["state"]  # Muon's momenta and AdamW's moments
+    for index, state in opt_a["state"].items():
+        assert state.keys() == opt_b["state"][index].keys()
+        assert all(torch.equal(torch.as_tensor(v), torch.as_tensor(opt_b["state"][index][k])) for k, v in state.items())
     state = json.loads((resumed / "checkpoint-60" / "trainer_state.json").read_text())
     assert state["step"] == 60 and state["samples_seen"] == 60 * 16
 

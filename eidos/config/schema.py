@@ -14,6 +14,7 @@ TIME_SAMPLERS = ("lognormal", "logit_normal")
 TANGENTS = ("jvp", "finite_difference")
 TANGENT_PRECISIONS = ("autocast", "float32")
 TEACHERS = ("frozen", "flow_branch", "sample")
+OPTIMIZERS = ("adamw", "muon")
 
 
 def _require(ok: bool, key: str, value, allowed: str) -> None:
@@ -285,7 +286,9 @@ class TrainConfig:
     depends on the machine, and rerunning continues the run.
     init_from: fine-tune: start from a trained Eidos model (an exported pipeline folder, a checkpoint folder, a
     run folder or a Hub id; eidos/training/init_from.py) with the same codec, text encoder and model shape; fresh
-    optimizer and step count. Read when the run starts, not when it resumes from its own checkpoint."""
+    optimizer and step count. Read when the run starts, not when it resumes from its own checkpoint.
+    optimizer: "adamw", or "muon": Muon for the transformer blocks' weight matrices and AdamW (adam_betas) for the
+    rest, one learning rate for both (eidos/training/optimizer.py)."""
 
     output_dir: str = "runs/openmoji"
     init_from: str = ""
@@ -295,6 +298,7 @@ class TrainConfig:
     stages: list[StageConfig] = field(default_factory=_default_stages)
     warmup_steps: int = 100
     lr_schedule: str = "constant"
+    optimizer: str = "adamw"
     weight_decay: float = 0.0
     adam_betas: tuple[float, float] = (0.9, 0.99)
     grad_clip: float = 1.0
@@ -329,6 +333,7 @@ class TrainConfig:
                  f"a multiple of train.grad_accumulation_steps={self.grad_accumulation_steps}")
         _require(self.lr_schedule in ("constant", "cosine"), "train.lr_schedule", self.lr_schedule,
                  "'constant' or 'cosine'")
+        _require(self.optimizer in OPTIMIZERS, "train.optimizer", self.optimizer, f"one of {OPTIMIZERS}")
         _require(0 <= self.ema_decay < 1, "train.ema_decay", self.ema_decay, "in [0, 1)")
         _require(self.grad_clip >= 0, "train.grad_clip", self.grad_clip, ">= 0 (0 = no clipping)")
         _require(self.mixed_precision in ("no", "bf16", "fp16"), "train.mixed_precision", self.mixed_precision,

@@ -28,6 +28,7 @@ from eidos.sampling.pipeline import EidosPipeline, save_pipeline
 from eidos.training.checkpoint import TrainerState, latest_checkpoint, load_checkpoint
 from eidos.training.ema import EMA
 from eidos.training.init_from import InitSource, init_source, run_config
+from eidos.training.optimizer import build_optimizer
 from eidos.training.previews import PreviewSet, build_preview_set
 from eidos.training.run_folder import check_run_folder
 from eidos.training.schedule import micro_batch_size
@@ -110,10 +111,7 @@ def set_up(config: Config) -> Run:
     data = open_training_data(config, files, codec, text_encoder, layout.rank, device,
                               accelerator.main_process_first)  # the main process builds the OpenMoji cache once
     model, ema, ema_model = _model(config, data, source, device)
-    optimizer = torch.optim.AdamW(
-        model.parameters(), lr=cfg.stages[0].learning_rate, betas=cfg.adam_betas, weight_decay=cfg.weight_decay,
-        fused=device.type == "cuda",
-    )
+    optimizer = build_optimizer(model, cfg, device)
     step_module, optimizer = accelerator.prepare(TrainingStep(model), optimizer)
     state = TrainerState()
     if checkpoint is not None:
