@@ -12,6 +12,7 @@
     python -m benchmarks.recipe --out /tmp/recipe --images-per-prompt 5   # the same runs, 5 eval rounds
     python -m benchmarks.recipe --out /tmp/g --glyphs                   # the second image set (glyph_set.py)
     python -m benchmarks.recipe --out /tmp/a --recipe objective.consistency_teacher=sample   # an ablation
+    python -m benchmarks.recipe --out /tmp/p --peer train.optimizer=adamw   # the peer with AdamW, not Muon
     python -m benchmarks.recipe --out $OUT/gpu --config configs/openmoji-gpu.yaml --fit-minutes 7   # on a GPU
 
 --fit-minutes M first times a short probe of every stage of the recipe and sets train.max_steps so that its
@@ -36,10 +37,15 @@ from benchmarks.common import machine
 from eidos.cli.evaluate import format_metric
 from eidos.config import default_config_path, load_config
 
-PEER = [
-    "objective.consistency_weight=0", "objective.mae_weight=0",
-    "train.stages=[{name: flow, fraction: 1.0, mask_ratio: 0.0, learning_rate: 1.0e-3, consistency: false}]",
-]
+PEER = ["objective.consistency_weight=0", "objective.mae_weight=0"]
+
+
+def peer_overrides(config_path: str | None, recipe: list[str]) -> list[str]:
+    """Plain flow matching with the recipe's optimizer: one unmasked flow stage at the recipe's first learning
+    rate (its flow stages')."""
+    learning_rate = load_config(config_path or default_config_path(), recipe).train.stages[0].learning_rate
+    stage = {"name": "flow", "fraction": 1.0, "mask_ratio": 0.0, "learning_rate": learning_rate, "consistency": False}
+    return [*PEER, f"train.stages={json.dumps([stage])}"]
 GLYPH_IMAGES, GLYPH_HELD_OUT = 2000, 100
 
 
@@ -106,6 +112,8 @@ def main() -> None:
     parser.add_argument("--out", required=True, type=Path, help="folder for the runs, logs and eval results")
     parser.add_argument("--config", help="the recipe's config (default: the embedded OpenMoji default)")
     parser.add_argument("--recipe", nargs="*", default=[], help="overrides of the recipe run")
+    parser.add_argument("--peer", nargs="*", default=[],
+                        help="overrides of the peer run, after the peer's own (e.g. train.optimizer=adamw)")
     parser.add_argument("--glyphs", action="store_true", help="train on the glyph set instead of the config's data")
     parser.add_argument("--seed", type=int, default=0, help="training seed of both runs")
     parser.add_argument("--fit-minutes", type=float, help="size train.max_steps to about this many minutes here")
@@ -127,12 +135,14 @@ def main() -> None:
         print(f"--fit-minutes {args.fit_minutes:g}: train.max_steps={steps}")
         recipe_run.append(f"train.max_steps={steps}")
     recipe, recipe_minutes = train_and_eval("recipe", args.out, recipe_run, flow)
-    peer_run = common + PEER + ["train.max_steps=1000000", f"train.time_limit_minutes={recipe_minutes:.3f}",
-                                "train.checkpoint_every=1000000", "train.sample_every=1000000"]
+    peer_args = peer_overrides(args.config, [o for o in recipe_run if "=" in o]) + args.peer
+    peer_run = common + peer_args + ["train.max_steps=1000000", f"train.time_limit_minutes={recipe_minutes:.3f}",
+                                     "train.checkpoint_every=1000000", "train.sample_every=1000000"]
     peer, peer_minutes = train_and_eval("peer", args.out, peer_run, flow + ["--consistency-steps"])
 
     print(f"\n{machine()}; training minutes: recipe {recipe_minutes:.1f}, peer {peer_minutes:.1f}; seed {args.seed}; "
-          f"{'glyphs' if args.glyphs else 'config data'}; recipe overrides {args.recipe or 'none'}\n")
+          f"{'glyphs' if args.glyphs else 'config data'}; recipe overrides {args.recipe or 'none'}; peer overrides "
+          f"{args.peer or 'none'}\n")
     print("| model, sampler | NFE | Fréchet distance | top-1 | top-5 |")
     print("|---|---|---|---|---|")
     for label, result in (("recipe", recipe), ("peer", peer)):

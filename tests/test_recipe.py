@@ -267,3 +267,14 @@ def test_a_stage_can_start_from_the_ema_weights(tmp_path, synthetic_data, start_
     other = raw_then if start_from_ema else ema_then
     assert all(torch.allclose(final[name], began_with[name], rtol=0, atol=1e-8) for name in final)
     assert max((final[name] - other[name]).abs().max().item() for name in final) > 1e-4
+
+
+def test_the_benchmarks_peer_is_plain_flow_matching_with_the_recipes_optimizer():
+    """benchmarks/recipe.py's peer: one unmasked flow stage at the recipe's learning rate, no consistency, no MAE;
+    the optimizer is the config's (its own overrides can change it)."""
+    from benchmarks.recipe import peer_overrides
+
+    config = load_config(None, peer_overrides(None, ["train.stages.0.learning_rate=3e-3"]))
+    assert config.objective.consistency_weight == 0 and config.objective.mae_weight == 0
+    assert [(s.mask_ratio, s.learning_rate, s.consistency) for s in config.train.stages] == [(0.0, 3e-3, False)]
+    assert config.train.optimizer == load_config(None).train.optimizer
