@@ -11,7 +11,8 @@ REPO = Path(__file__).resolve().parents[1]
 def test_default_config_file_is_the_embedded_default():
     config = load_config(default_config_path())
     assert config.data.source == "openmoji" and config.encoders.codec == "pixels"
-    assert config.model.preset == "tiny" and config.train.stage_steps() == [406, 1080, 100]
+    assert config.model.preset == "tiny" and config.train.stage_steps() == [353, 927, 100]
+    assert config.train.optimizer == "muon"
     assert config.model.branch_embedding and config.train.stages[-1].start_from_ema
     assert [s.mask_ratio for s in config.train.stages] == [0.5, 0.0, 0.0]
     assert [s.consistency for s in config.train.stages] == [False, False, True]
@@ -38,6 +39,7 @@ def test_dotted_overrides_reach_nested_keys_and_list_items():
     ("train.max_steps=many", r"config key 'train.max_steps' must be of type int, got 'many'"),
     ("train.stages.0.mask_ratio=1.0", r"train.stages.masked flow.mask_ratio.*expected in \[0, 1\)"),
     ("model.preset=huge", r"model.preset.*'huge'.*expected one of"),
+    ("train.optimizer=sgd", r"train.optimizer.*'sgd'.*expected one of \('adamw', 'muon'\)"),
     ("train.batch_size=30", r"train.batch_size.*a multiple of train.grad_accumulation_steps=4"),
 ])
 def test_bad_values_are_refused_with_the_key_named(override, message):

@@ -91,7 +91,7 @@ class MuonWithAdamW(torch.optim.Optimizer):
             buffer = state["momentum_buffer"]
             grad = p.grad.float()
             buffer.lerp_(grad, 1 - momentum)
-            by_shape[p.shape].append((p, grad.lerp_(buffer, momentum)))  # Nesterov
+            by_shape[p.shape].append((p, grad.lerp(buffer, momentum)))  # Nesterov; p.grad itself untouched
         for shape, items in by_shape.items():  # one batched Newton-Schulz per shape
             directions = orthogonalise(torch.stack([update for _, update in items]))
             scale = 0.2 * math.sqrt(max(shape))
