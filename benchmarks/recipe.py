@@ -94,13 +94,12 @@ def fit_steps(minutes: float, out: Path, config_path: str | None, overrides: lis
     return int(60 * minutes / seconds)
 
 
-def train_and_eval(name: str, out: Path, overrides: list[str], eval_args: list[str]) -> tuple[dict, float]:
+def train_and_eval(name: str, out: Path, overrides: list[str], eval_args: list[str], rounds: int) -> tuple[dict, float]:
     run = out / name
     if not (run / "model").is_dir():
         eidos("train", "--output-dir", str(run), *overrides, log=out / f"{name}.train.log")
     metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     minutes = metrics[-1]["train_minutes"]
-    rounds = int(eval_args[eval_args.index("--images-per-prompt") + 1])
     result = out / (f"{name}.eval.json" if rounds == 1 else f"{name}.eval-{rounds}-rounds.json")
     if not result.exists():
         eidos("eval", "--checkpoint", str(run), "--out", str(result), *eval_args, log=out / f"{name}.eval.log")
@@ -134,11 +133,12 @@ def main() -> None:
         steps = fit_steps(args.fit_minutes, args.out, args.config, data + args.recipe, recipe_run)
         print(f"--fit-minutes {args.fit_minutes:g}: train.max_steps={steps}")
         recipe_run.append(f"train.max_steps={steps}")
-    recipe, recipe_minutes = train_and_eval("recipe", args.out, recipe_run, flow)
+    recipe, recipe_minutes = train_and_eval("recipe", args.out, recipe_run, flow, args.images_per_prompt)
     peer_args = peer_overrides(args.config, [o for o in recipe_run if "=" in o]) + args.peer
     peer_run = common + peer_args + ["train.max_steps=1000000", f"train.time_limit_minutes={recipe_minutes:.3f}",
                                      "train.checkpoint_every=1000000", "train.sample_every=1000000"]
-    peer, peer_minutes = train_and_eval("peer", args.out, peer_run, flow + ["--consistency-steps"])
+    peer, peer_minutes = train_and_eval("peer", args.out, peer_run, flow + ["--consistency-steps"],
+                                         args.images_per_prompt)
 
     print(f"\n{machine()}; training minutes: recipe {recipe_minutes:.1f}, peer {peer_minutes:.1f}; seed {args.seed}; "
           f"{'glyphs' if args.glyphs else 'config data'}; recipe overrides {args.recipe or 'none'}; peer overrides "
