@@ -1,7 +1,9 @@
 """`train.optimizer`: torch's Muon and AdamW as one optimizer (state dict, learning rate, reset), Muon's update
 size, and a Muon run that learns and resumes exactly."""
 
+import copy
 import json
+import pickle
 import shutil
 
 import pytest
@@ -52,6 +54,33 @@ def test_the_combined_optimizer_steps_like_torch_muon_and_adamw_and_keeps_their_
     resumed.state.clear()  # a stage with reset_optimizer: both halves start afresh
     _quadratic_steps([resumed], matrices + others, 1)
     assert all(resumed.state[p]["step"].item() == 1 for p in others)
+
+
+def test_a_checkpoint_of_the_earlier_hand_written_muon_resumes_and_a_copy_keeps_its_halves_linked():
+    torch.manual_seed(0)
+    params = [nn.Parameter(torch.randn(6, 4)), nn.Parameter(torch.randn(5))]
+    original = MuonWithAdamW(params[:1], params[1:], lr=0.01)
+    _quadratic_steps([original], params, 2)
+    saved = copy.deepcopy(original.state_dict())  # as read back from a file: not the live tensors
+    # The earlier format: the same per-parameter state with an int step, groups marked "muon", no torch options.
+    earlier = {
+        "state": {i: {k: int(v) if k == "step" else v for k, v in entry.items()}
+                  for i, entry in saved["state"].items()},
+        "param_groups": [{"params": group["params"], "lr": 0.01, "betas": (0.9, 0.99), "weight_decay": 0.0,
+                          "momentum": 0.95, "eps": 1e-8, "muon": index == 0}
+                         for index, group in enumerate(saved["param_groups"])],
+    }
+    copies = [nn.Parameter(p.detach().clone()) for p in params]
+    resumed = MuonWithAdamW(copies[:1], copies[1:], lr=0.01)
+    resumed.load_state_dict(earlier)
+    _quadratic_steps([original], params, 2, start=2)
+    _quadratic_steps([resumed], copies, 2, start=2)
+    for a, b in zip(params, copies, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    restored = pickle.loads(pickle.dumps(resumed))
+    assert all(part.state is restored.state for part in restored._parts)
+    linked = [group for part in restored._parts for group in part.param_groups]
+    assert len(linked) == 2 and all(a is b for a, b in zip(linked, restored.param_groups, strict=True))
 
 
 def test_a_muon_step_moves_each_matrix_by_a_fifth_of_the_learning_rate_in_rms():

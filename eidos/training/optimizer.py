@@ -60,9 +60,16 @@ class MuonWithAdamW(torch.optim.Optimizer):
             part.param_groups = [next(groups) for _ in part.param_groups]
             part.state = self.state
 
+    def __getstate__(self) -> dict:
+        return {**super().__getstate__(), "_parts": self._parts}
+
+    def __setstate__(self, state: dict) -> None:
+        super().__setstate__(state)  # load_state_dict comes here too, with new groups and state
+        if "_parts" in self.__dict__:
+            self._share_groups_and_state()
+
     def load_state_dict(self, state_dict: dict) -> None:
-        super().load_state_dict(state_dict)  # replaces self.param_groups and self.state with new objects
-        self._share_groups_and_state()
+        super().load_state_dict(_from_hand_written_muon(state_dict, self.param_groups))
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -73,3 +80,16 @@ class MuonWithAdamW(torch.optim.Optimizer):
         for part in self._parts:
             part.step()
         return loss
+
+
+def _from_hand_written_muon(state_dict: dict, groups: list[dict]) -> dict:
+    """Checkpoints of the hand-written MuonWithAdamW that came before (groups marked "muon") keep the same
+    per-parameter state (momentum_buffer; exp_avg, exp_avg_sq) but an int AdamW step and none of torch's group
+    options: take the options from this optimizer's groups (the schedule sets the learning rate every step)."""
+    if not any("muon" in group for group in state_dict["param_groups"]):
+        return state_dict
+    upgraded = [{**current, "params": saved["params"]}
+                for saved, current in zip(state_dict["param_groups"], groups, strict=True)]
+    state = {index: {key: torch.tensor(float(value)) if key == "step" else value for key, value in entry.items()}
+             for index, entry in state_dict["state"].items()}
+    return {"state": state, "param_groups": upgraded}
