@@ -14,6 +14,7 @@ def test_default_config_file_is_the_embedded_default():
     assert config.model.preset == "tiny" and config.train.stage_steps() == [353, 927, 100]
     assert config.train.optimizer == "muon"
     assert config.model.branch_embedding and config.train.stages[-1].start_from_ema
+    assert not config.objective.pretrain_consistency_branch
     assert [s.mask_ratio for s in config.train.stages] == [0.5, 0.0, 0.0]
     assert [s.consistency for s in config.train.stages] == [False, False, True]
     assert config.objective.consistency_teacher == "frozen" and config.train.stages[-1].restart_ema
@@ -46,6 +47,14 @@ def test_bad_values_are_refused_with_the_key_named(override, message):
     overrides = [override, "train.grad_accumulation_steps=4"] if "batch_size" in override else [override]
     with pytest.raises(ValueError, match=message):
         load_config(None, overrides)
+
+
+def test_skipping_the_pretraining_of_the_consistency_branch_needs_the_branch_embedding():
+    signed = ["model.branch_embedding=false", "objective.pretrain_consistency_branch=true"]
+    config = load_config(default_config_path(), signed)
+    assert config.objective.pretrain_consistency_branch
+    with pytest.raises(ValueError, match=r"objective.pretrain_consistency_branch.*unless model.branch_embedding"):
+        load_config(default_config_path(), ["model.branch_embedding=false"])
 
 
 def test_unknown_key_in_a_file_is_refused(tmp_path):

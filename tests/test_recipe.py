@@ -14,7 +14,7 @@ from eidos.objectives.time_sampling import sample_times
 from eidos.sampling import sample_flow_euler
 from eidos.training.ema import EMA
 from eidos.training.schedule import ema_start, learning_rate
-from tests.conftest import GaussianVelocity, make_batch, make_tiny_model
+from tests.conftest import GaussianVelocity, make_batch, make_tiny_model, randomize_
 
 MU, SIGMA0 = 0.7, 0.4
 
@@ -47,6 +47,24 @@ def test_flow_phase_trains_both_branches_as_flow_in_one_forward():
     # the model equals the flow target u = eps - x0 for both branches, so both losses vanish
     assert parts["fm"].item() == pytest.approx(0, abs=1e-5) and parts["cm"].item() == pytest.approx(0, abs=1e-5)
     assert loss.item() == pytest.approx(0, abs=1e-5)
+
+
+def test_flow_phase_without_pretraining_gives_the_whole_batch_to_the_flow_branch():
+    model = NoiseOverTime()
+    config = ObjectiveConfig(consistency_batch_fraction=0.25, pretrain_consistency_branch=False)
+    _, parts = FACMObjective(config, patch_size=4, consistency=False)(model, zero_batch(8))
+    assert (model.conditions[0] < 0).all() and parts["cm"].item() == 0
+    # On a network: without pretraining the branch embedding gets no gradient (the consistency branch stays the
+    # flow branch); with it, it does.
+    for pretrain in (False, True):
+        network = randomize_(make_tiny_model(branch_embedding=True))
+        with torch.no_grad():
+            network.branch_embed.zero_()
+        config = ObjectiveConfig(consistency_batch_fraction=0.25, pretrain_consistency_branch=pretrain)
+        loss, _ = FACMObjective(config, patch_size=4, consistency=False)(network, make_batch(8))
+        loss.backward()
+        moved = network.branch_embed.grad is not None and bool(network.branch_embed.grad.any())
+        assert moved == pretrain
 
 
 def test_flow_phase_of_plain_flow_matching_has_no_consistency_share():

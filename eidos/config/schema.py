@@ -59,6 +59,10 @@ class ObjectiveConfig:
         [lo, hi]; guidance_scale=1 disables it (and its extra forward).
     consistency_batch_fraction: the share of each batch that trains the consistency branch (its JVP is
         the expensive part of a step); the flow anchor always uses the whole batch.
+    pretrain_consistency_branch: in the flow stages, train the consistency branch as flow on its share of each
+        batch (condition +s, consistency_times), FACM's pretraining. false: the whole batch trains the flow branch
+        at flow_times, and the consistency branch starts the consistency stage as the flow branch; that needs
+        model.branch_embedding (with signed time features the +s branch would start untrained).
     tangent: "jvp" (exact forward-mode derivative, in a no-grad pass of its own) or "finite_difference" (two
         no-grad float32 forwards, step finite_difference_step); adaptive_loss_eps: the constant c in e / sqrt(e + c).
     tangent_precision: the JVP pass in the autocast dtype ("autocast": under bf16 it adds ~6e-4 relative error to
@@ -81,6 +85,7 @@ class ObjectiveConfig:
     finite_difference_step: float = 1e-3
     adaptive_loss_eps: float = 1e-3
     consistency_batch_fraction: float = 0.5
+    pretrain_consistency_branch: bool = True  # FACM's; also what runs saved before the key existed did
 
     def __post_init__(self) -> None:
         self.guidance_interval = tuple(self.guidance_interval)
@@ -245,7 +250,8 @@ class EncodersConfig:
 class StageConfig:
     """One training stage: its share of train.max_steps, mask ratio and learning rate.
 
-    consistency: false = FACM's flow phase (both branches trained as flow: no JVP, no guidance, cheap);
+    consistency: false = FACM's flow phase (flow matching, for both branches or, without
+        objective.pretrain_consistency_branch, the flow branch only: no JVP, no guidance, cheap);
     true = the consistency branch trains with the FACM target (eidos/objectives/facm.py).
     restart_ema: the EMA restarts from the current weights (with its warm-up) when this stage begins, so a
     short consistency stage is not averaged with the flow-phase weights before it.
@@ -374,6 +380,11 @@ class Config:
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
+
+    def __post_init__(self) -> None:
+        _require(self.objective.pretrain_consistency_branch or bool(self.model.branch_embedding),
+                 "objective.pretrain_consistency_branch", False,
+                 "true unless model.branch_embedding is true (the consistency branch would start untrained)")
 
     def to_dict(self) -> dict:
         return _plain(dataclasses.asdict(self))

@@ -3,7 +3,9 @@
 Two phases, in FACM's own order (Peng et al. 2025: pretrain both branches as flow, then train consistency):
 - flow phase (`consistency=False`): one forward. The consistency branch's share of the batch gets the
   condition +s, the rest -s, and both regress the conditional velocity u = eps - x0. No JVP, no guidance:
-  as cheap as plain flow matching, and the consistency branch starts the next phase as a good flow.
+  as cheap as plain flow matching, and the consistency branch starts the next phase as a good flow. With a
+  branch embedding (zero at the start) the +s branch is the -s branch until the consistency phase trains it,
+  so `pretrain_consistency_branch: false` gives the whole batch to the flow branch instead.
 - consistency phase (`consistency=True`): the flow anchor on the whole batch, plus the FACM consistency loss
   on its share, with its own time draw. Its velocity u* comes from the `consistency_teacher`:
   "frozen" distils the flow branch of a frozen copy of the weights (the trainer passes the EMA weights of the
@@ -86,8 +88,9 @@ class FACMObjective:
     patch_size is the model's (losses are means over its tokens); mask_ratio is the stage's fraction of tokens
     hidden from the encoder: the objective draws one `TokenMask` per example and every forward of that example
     takes it. consistency picks the phase (module docstring); teacher is the frozen network of
-    consistency_teacher "frozen". In the flow phase "cm" is the consistency branch's flow loss. Every random draw
-    (times, noise, text dropout, mask) uses `generator`, so a step is reproducible from it.
+    consistency_teacher "frozen". In the flow phase "cm" is the consistency branch's flow loss (0 without
+    pretraining). Every random draw (times, noise, text dropout, mask) uses `generator`, so a step is
+    reproducible from it.
     """
 
     def __init__(
@@ -148,10 +151,11 @@ class FACMObjective:
         return total, {name: value.detach() for name, value in parts.items()}
 
     def _flow_phase(self, model, batch, x0, eps, s, s_cm, dropped, token_mask):
-        """FACM pretraining: both branches regress u = eps - x0; the first k examples take condition +s."""
-        k = s_cm.shape[0]
-        times = torch.cat([s_cm, s[k:]])
-        condition = torch.cat([consistency_condition(s_cm), flow_condition(s[k:])])
+        """Both branches regress u = eps - x0; the first k examples take condition +s (FACM's pretraining; k = 0
+        without it: the whole batch trains the flow branch)."""
+        k = s_cm.shape[0] if self.config.pretrain_consistency_branch else 0
+        times = torch.cat([s_cm[:k], s[k:]])
+        condition = torch.cat([consistency_condition(s_cm[:k]), flow_condition(s[k:])])
         x_s = interpolate(x0, eps, times)
         pred = model(x_s, condition, **batch.text.model_kwargs(), drop_text=dropped, token_mask=token_mask).sample
         removed = self._removed(token_mask, x0)
