@@ -122,19 +122,19 @@ def main() -> None:
                         help="eval rounds of one image per caption (rows: mean ± std over the rounds)")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    common = (["--config", args.config] if args.config else []) + ["--seed", str(args.seed)]
-    common += glyph_config(args.out) if args.glyphs else []
+    data = glyph_config(args.out) if args.glyphs else []
+    common = (["--config", args.config] if args.config else []) + ["--seed", str(args.seed)] + data
+    recipe_overrides = data + args.recipe  # the config keys the recipe run sets
     flow = ["--flow-steps", str(args.flow_steps), "--guidance-scale", str(args.guidance_scale),
             "--images-per-prompt", str(args.images_per_prompt)]
 
     recipe_run = common + args.recipe
     if args.fit_minutes:
-        data = [o for o in common if "=" in o]
-        steps = fit_steps(args.fit_minutes, args.out, args.config, data + args.recipe, recipe_run)
+        steps = fit_steps(args.fit_minutes, args.out, args.config, recipe_overrides, recipe_run)
         print(f"--fit-minutes {args.fit_minutes:g}: train.max_steps={steps}")
         recipe_run.append(f"train.max_steps={steps}")
     recipe, recipe_minutes = train_and_eval("recipe", args.out, recipe_run, flow, args.images_per_prompt)
-    peer_args = peer_overrides(args.config, [o for o in recipe_run if "=" in o]) + args.peer
+    peer_args = peer_overrides(args.config, recipe_overrides) + args.peer
     peer_run = common + peer_args + ["train.max_steps=1000000", f"train.time_limit_minutes={recipe_minutes:.3f}",
                                      "train.checkpoint_every=1000000", "train.sample_every=1000000"]
     peer, peer_minutes = train_and_eval("peer", args.out, peer_run, flow + ["--consistency-steps"],

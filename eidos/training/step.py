@@ -84,9 +84,9 @@ class Stepper:
             run.ema.restart(run.model)
         self.stage_index = index
         self.ema_origin = ema_start(run.config, index)  # once per stage, not every step
+        both = " (both branches)" if run.config.objective.pretrain_consistency_branch else ""
         logger.info("stage %r from step %d: mask ratio %.2f, %s", stage.name, run.state.step, stage.mask_ratio,
-                    "consistency" if stage.consistency else "flow" + (
-                        " (both branches)" if run.config.objective.pretrain_consistency_branch else ""))
+                    "consistency" if stage.consistency else f"flow{both}")
 
     def _accumulate(self, batches: Iterator[EncodedBatch]) -> dict[str, torch.Tensor]:
         """Gradients of the step's micro-batches (synchronised across processes at the last one); the loss parts
