@@ -11,7 +11,7 @@ REPO = Path(__file__).resolve().parents[1]
 def test_default_config_file_is_the_embedded_default():
     config = load_config(default_config_path())
     assert config.data.source == "openmoji" and config.encoders.codec == "pixels"
-    assert config.model.preset == "tiny" and config.train.stage_steps() == [353, 927, 100]
+    assert config.model.preset == "tiny" and config.train.stage_steps() == [317, 823, 100]
     assert config.train.optimizer == "muon"
     assert config.model.branch_embedding and config.train.stages[-1].start_from_ema
     assert not config.objective.pretrain_consistency_branch
