@@ -4,8 +4,9 @@
    minutes its training loop took;
 2. trains the same network as plain flow matching (no masking, no consistency branch, no MAE; the peer's
    overrides below) for the same minutes (`train.time_limit_minutes`);
-3. evaluates both with `eidos eval`: the recipe at 1/2/4 consistency steps and with 30 flow steps + CFG, the
-   peer with 30 flow steps + CFG, and prints one table (the real held-out images are the reference row).
+3. evaluates both with `eidos eval`: the recipe at 1/2/4 consistency steps and with 30 flow steps + CFG, its
+   teacher (the flow model its consistency stage distilled, RUN/teacher-<step>) and the peer with 30 flow steps
+   + CFG, and prints one table (the real held-out images are the reference row).
 
     python -m benchmarks.recipe --out /tmp/recipe                       # OpenMoji, the default config
     python -m benchmarks.recipe --out /tmp/r2 --seed 1                  # a repeat with another seed
@@ -99,11 +100,14 @@ def train_and_eval(name: str, out: Path, overrides: list[str], eval_args: list[s
     if not (run / "model").is_dir():
         eidos("train", "--output-dir", str(run), *overrides, log=out / f"{name}.train.log")
     metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    minutes = metrics[-1]["train_minutes"]
+    return evaluate(name, run, out, eval_args, rounds), metrics[-1]["train_minutes"]
+
+
+def evaluate(name: str, model: Path, out: Path, eval_args: list[str], rounds: int) -> dict:
     result = out / (f"{name}.eval.json" if rounds == 1 else f"{name}.eval-{rounds}-rounds.json")
     if not result.exists():
-        eidos("eval", "--checkpoint", str(run), "--out", str(result), *eval_args, log=out / f"{name}.eval.log")
-    return json.loads(result.read_text()), minutes
+        eidos("eval", "--checkpoint", str(model), "--out", str(result), *eval_args, log=out / f"{name}.eval.log")
+    return json.loads(result.read_text())
 
 
 def main() -> None:
@@ -134,6 +138,10 @@ def main() -> None:
         print(f"--fit-minutes {args.fit_minutes:g}: train.max_steps={steps}")
         recipe_run.append(f"train.max_steps={steps}")
     recipe, recipe_minutes = train_and_eval("recipe", args.out, recipe_run, flow, args.images_per_prompt)
+    # The flow model the consistency stage distilled (the EMA when it began), with the flow sampler.
+    teachers = [(f"its teacher ({folder.name})", evaluate(folder.name, folder, args.out, flow + ["--consistency-steps"],
+                                                        args.images_per_prompt))
+                for folder in sorted((args.out / "recipe").glob("teacher-*/")) if folder.is_dir()]
     peer_args = peer_overrides(args.config, recipe_overrides) + args.peer
     peer_run = common + peer_args + ["train.max_steps=1000000", f"train.time_limit_minutes={recipe_minutes:.3f}",
                                      "train.checkpoint_every=1000000", "train.sample_every=1000000"]
@@ -145,9 +153,9 @@ def main() -> None:
           f"{args.peer or 'none'}\n")
     print("| model, sampler | NFE | Fréchet distance | top-1 | top-5 |")
     print("|---|---|---|---|---|")
-    for label, result in (("recipe", recipe), ("peer", peer)):
+    for label, result in (("recipe", recipe), *teachers, ("peer", peer)):
         for row in result["rows"]:
-            if row["images"].startswith(("real", "chance")) and label == "peer":
+            if row["images"].startswith(("real", "chance")) and label != "recipe":
                 continue
             nfe = "-"
             if row["images"].startswith("consistency"):

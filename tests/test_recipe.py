@@ -207,6 +207,13 @@ def test_train_refuses_a_folder_it_did_not_make_and_resumes_its_own(tmp_path):
     copied = tmp_path / "copied"
     (copied / "checkpoint-30").mkdir(parents=True)
     check_run_folder(copied, config)  # a checkpoint copied into a new folder resumes there
+    (copied / "teacher-20").mkdir()  # a teacher export, and the hidden folder of an export killed mid-write
+    (copied / "teacher-20" / "model_index.json").write_text("{}")
+    (copied / ".model.0a1b2c3d.tmp").mkdir()
+    check_run_folder(copied, config)
+    (copied / "teacher-10").mkdir()  # named like a teacher, but not an export
+    with pytest.raises(ValueError, match=r"holds files eidos did not write \(teacher-10\)"):
+        check_run_folder(copied, config)
     (tmp_path / "afile").write_text("x")
     with pytest.raises(ValueError, match="is a file"):
         check_run_folder(tmp_path / "afile", config)
@@ -221,10 +228,11 @@ def test_train_refuses_a_folder_it_did_not_make_and_resumes_its_own(tmp_path):
         check_run_folder(run, other)
 
 
-def test_the_frozen_teacher_is_saved_when_its_stage_begins_and_read_back_on_resume(tmp_path):
+def test_the_frozen_teacher_is_exported_when_its_stage_begins_and_read_back_on_resume(tmp_path):
     from accelerate import Accelerator
+    from safetensors.torch import save_file
 
-    from eidos.training.teacher import frozen_teacher, teacher_path
+    from eidos.training.teacher import TRANSFORMER_WEIGHTS, frozen_teacher, legacy_teacher_file, teacher_folder
 
     model = make_tiny_model()
     ema = EMA(model, decay=0.999)
@@ -233,16 +241,48 @@ def test_the_frozen_teacher_is_saved_when_its_stage_begins_and_read_back_on_resu
         for p in model.parameters():
             p.add_(0.5)
     ema.restart(model)
+    exported = []
+
+    def export(folder):  # as Run.export: the EMA weights, in the pipeline's layout
+        ema.copy_to(ema_model)
+        ema_model.save_pretrained(folder / "transformer")
+        exported.append(folder)
+
     accelerator = Accelerator(cpu=True)
-    teacher = frozen_teacher(accelerator, tmp_path, 80, 80, ema, ema_model)
-    assert teacher_path(tmp_path, 80).is_file()
+    teacher = frozen_teacher(accelerator, tmp_path, 80, 80, ema, ema_model, export)
+    assert exported == [teacher_folder(tmp_path, 80)] and (teacher_folder(tmp_path, 80) / TRANSFORMER_WEIGHTS).is_file()
     assert all(torch.equal(a, b) for a, b in zip(teacher.parameters(), model.parameters(), strict=True))
     assert not any(p.requires_grad for p in teacher.parameters())
-    ema.restart(make_tiny_model())  # the EMA moves on; a resumed run still gets the stage's teacher
-    resumed = frozen_teacher(accelerator, tmp_path, 80, 95, ema, ema_model)
+    ema.restart(make_tiny_model())  # the EMA moves on; a resumed run still gets the stage's teacher, not re-exported
+    resumed = frozen_teacher(accelerator, tmp_path, 80, 95, ema, ema_model, export)
+    assert len(exported) == 1
     assert all(torch.equal(a, b) for a, b in zip(resumed.parameters(), teacher.parameters(), strict=True))
-    with pytest.raises(ValueError, match="teacher-40.safetensors, which is missing"):
-        frozen_teacher(accelerator, tmp_path, 40, 50, ema, ema_model)
+    with pytest.raises(ValueError, match="teacher-40/transformer/.*, which is missing"):
+        frozen_teacher(accelerator, tmp_path, 40, 50, ema, ema_model, export)
+    # a run from before the teacher export kept the weights alone in teacher-<step>.safetensors: still read
+    save_file({name: p.detach().contiguous() for name, p in teacher.named_parameters()},
+              legacy_teacher_file(tmp_path, 40))
+    legacy = frozen_teacher(accelerator, tmp_path, 40, 50, ema, ema_model, export)
+    assert all(torch.equal(a, b) for a, b in zip(legacy.parameters(), teacher.parameters(), strict=True))
+    save_file({"not.a.weight": torch.zeros(2)}, legacy_teacher_file(tmp_path, 30))
+    with pytest.raises(ValueError, match=r"teacher-30.safetensors does not hold this model's weights"):
+        frozen_teacher(accelerator, tmp_path, 30, 50, ema, ema_model, export)
+
+
+def test_a_failed_teacher_export_stops_the_run_with_a_message(tmp_path):
+    from accelerate import Accelerator
+
+    from eidos.training.checkpoint import CheckpointError
+    from eidos.training.teacher import frozen_teacher
+
+    model = make_tiny_model()
+    ema = EMA(model, decay=0.999)
+
+    def full_disk(folder):
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(CheckpointError, match=r"could not write the consistency teacher .*teacher-8: OSError"):
+        frozen_teacher(Accelerator(cpu=True), tmp_path, 8, 8, ema, make_tiny_model(), full_disk)
 
 
 def test_the_frozen_teacher_objective_calls_the_teacher_not_the_student():
@@ -278,7 +318,7 @@ def test_a_stage_can_start_from_the_ema_weights(tmp_path, synthetic_data, start_
         return {name.removeprefix("model."): t for name, t in load_file(run / checkpoint / "model.safetensors").items()}
 
     raw_then, final = live_weights("checkpoint-6"), live_weights("checkpoint-12")
-    teacher = load_file(run / "teacher-6.safetensors")
+    teacher = load_file(run / "teacher-6" / "transformer" / "diffusion_pytorch_model.safetensors")
     assert teacher.keys() == ema_then.keys() == final.keys()
     assert all(torch.equal(teacher[name], ema_then[name]) for name in teacher)
     began_with = ema_then if start_from_ema else raw_then

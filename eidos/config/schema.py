@@ -51,8 +51,8 @@ class ObjectiveConfig:
         flow matching (no JVP), mae_weight only matters when tokens are masked.
     text_dropout: probability of replacing a sample's text by the null text (trains the unconditional branch).
     consistency_teacher: where the consistency branch's velocity comes from. "frozen": the flow branch of the EMA
-        weights as they were when the consistency stage began, frozen (saved in the run folder as
-        teacher-<step>.safetensors), guided; "flow_branch": the model's own live flow branch (no gradient),
+        weights as they were when the consistency stage began, frozen (exported in the run folder as
+        teacher-<step>/), guided; "flow_branch": the model's own live flow branch (no gradient),
         guided; with both the flow anchor learns plain conditional flow. "sample": u = eps - x0 of the one
         sample, with guidance baked into both branches' targets.
     guidance_scale, guidance_interval: classifier-free guidance of the consistency target for s inside

@@ -18,10 +18,13 @@ from eidos.sampling.pipeline import is_pipeline_folder
 from eidos.training.checkpoint import latest_checkpoint
 
 CONFIG_FILE = "config.yaml"
-# What a run writes besides its config: checkpoints (and their temp folders), the final export, sample grids,
-# metrics, tensorboard logs and frozen consistency teachers.
+# What a run writes besides its config: checkpoints (and their temp folders), sample grids, metrics, tensorboard
+# logs, the weights of frozen consistency teachers (runs before the teacher export) and the hidden folders an
+# export is written into before its rename (eidos/sampling/pipeline.py).
 RUN_ENTRY = re.compile(r"^(\.?checkpoint-\d+(\.tmp)?|samples|metrics\.jsonl|eidos|"
-                       r"\.?teacher-\d+\.safetensors(\.tmp)?)$")
+                       r"\.?teacher-\d+\.safetensors(\.tmp)?|\.(model|teacher-\d+)\.[0-9a-f]{8}\.(tmp|old))$")
+# Pipeline folders a run exports: the final model and the consistency stages' teachers.
+RUN_EXPORT = re.compile(r"^(model|teacher-\d+)$")
 # Settings a rerun may change without becoming another run: how long it trains, how often it reports.
 SCHEDULE_KEYS = {
     "train": {"max_steps", "checkpoint_every", "sample_every", "log_every", "checkpoints_total_limit", "tracker"},
@@ -30,7 +33,7 @@ SCHEDULE_KEYS = {
 
 
 def _written_by_a_run(path: Path) -> bool:
-    if path.name == "model":  # the final export: a pipeline folder
+    if RUN_EXPORT.match(path.name):
         return (path / "model_index.json").is_file()
     return bool(RUN_ENTRY.match(path.name))
 

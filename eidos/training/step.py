@@ -72,7 +72,8 @@ class Stepper:
         start = stage_start(run.config, index)
         teacher = None
         if stage.consistency and run.config.objective.consistency_teacher == "frozen":
-            teacher = frozen_teacher(run.accelerator, run.output_dir, start, run.state.step, run.ema, run.ema_model)
+            teacher = frozen_teacher(run.accelerator, run.output_dir, start, run.state.step, run.ema, run.ema_model,
+                                     run.export)
         self.objective = FACMObjective(run.config.objective, patch_size=run.model.config.patch_size,
                                        mask_ratio=stage.mask_ratio, consistency=stage.consistency, teacher=teacher)
         entering = run.state.step == start and run.state.step > 0
