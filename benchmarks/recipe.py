@@ -20,7 +20,9 @@
 stages, in their configured proportions, take about M minutes on this machine.
 
 Rerunning with the same --out reuses finished runs and evaluations (each step is skipped when its output
-exists), so an ablation only pays for what changed.
+exists), so more eval rounds or another sampler only pay for the evaluations. What trains the runs (config,
+overrides, seed, data, --fit-minutes) is recorded in OUT/runs.json, and a rerun that changes it is refused: use
+another --out for an ablation.
 """
 
 from __future__ import annotations
@@ -95,16 +97,31 @@ def fit_steps(minutes: float, out: Path, config_path: str | None, overrides: lis
     return int(60 * minutes / seconds)
 
 
-def train_and_eval(name: str, out: Path, overrides: list[str], eval_args: list[str], rounds: int) -> tuple[dict, float]:
+def check_same_runs(out: Path, settings: dict) -> None:
+    """Record what trains the runs in OUT/runs.json; refuse (SystemExit) a rerun whose settings differ."""
+    record = out / "runs.json"
+    if record.exists():
+        before = json.loads(record.read_text())
+        changed = [f"{key}: {before.get(key)!r} -> {value!r}" for key, value in settings.items()
+                   if before.get(key) != value]
+        if changed:
+            sys.exit(f"{out} holds runs trained with other settings ({'; '.join(changed)}); their results would "
+                     f"be reused: choose another --out")
+    else:
+        record.write_text(json.dumps(settings, indent=1) + "\n")
+
+
+def train_and_eval(name: str, out: Path, overrides: list[str], eval_args: list[str]) -> tuple[dict, float]:
     run = out / name
     if not (run / "model").is_dir():
         eidos("train", "--output-dir", str(run), *overrides, log=out / f"{name}.train.log")
     metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    return evaluate(name, run, out, eval_args, rounds), metrics[-1]["train_minutes"]
+    return evaluate(name, run, out, eval_args), metrics[-1]["train_minutes"]
 
 
-def evaluate(name: str, model: Path, out: Path, eval_args: list[str], rounds: int) -> dict:
-    result = out / (f"{name}.eval.json" if rounds == 1 else f"{name}.eval-{rounds}-rounds.json")
+def evaluate(name: str, model: Path, out: Path, eval_args: list[str]) -> dict:
+    """`eidos eval` of `model`, its result kept under a name that spells the eval arguments (reused if there)."""
+    result = out / f"{name}.eval{''.join('_' + arg.lstrip('-') for arg in eval_args)}.json"
     if not result.exists():
         eidos("eval", "--checkpoint", str(model), "--out", str(result), *eval_args, log=out / f"{name}.eval.log")
     return json.loads(result.read_text())
@@ -126,6 +143,8 @@ def main() -> None:
                         help="eval rounds of one image per caption (rows: mean ± std over the rounds)")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
+    check_same_runs(args.out, {"config": args.config, "recipe": args.recipe, "peer": args.peer,
+                               "glyphs": args.glyphs, "seed": args.seed, "fit_minutes": args.fit_minutes})
     data = glyph_config(args.out) if args.glyphs else []
     common = (["--config", args.config] if args.config else []) + ["--seed", str(args.seed)] + data
     recipe_overrides = data + args.recipe  # the config keys the recipe run sets
@@ -137,16 +156,15 @@ def main() -> None:
         steps = fit_steps(args.fit_minutes, args.out, args.config, recipe_overrides, recipe_run)
         print(f"--fit-minutes {args.fit_minutes:g}: train.max_steps={steps}")
         recipe_run.append(f"train.max_steps={steps}")
-    recipe, recipe_minutes = train_and_eval("recipe", args.out, recipe_run, flow, args.images_per_prompt)
+    recipe, recipe_minutes = train_and_eval("recipe", args.out, recipe_run, flow)
     # The flow model the consistency stage distilled (the EMA when it began), with the flow sampler.
-    teachers = [(f"its teacher ({folder.name})", evaluate(folder.name, folder, args.out, flow + ["--consistency-steps"],
-                                                        args.images_per_prompt))
+    flow_only = flow + ["--consistency-steps"]
+    teachers = [(f"its teacher ({folder.name})", evaluate(folder.name, folder, args.out, flow_only))
                 for folder in sorted((args.out / "recipe").glob("teacher-*/")) if folder.is_dir()]
     peer_args = peer_overrides(args.config, recipe_overrides) + args.peer
     peer_run = common + peer_args + ["train.max_steps=1000000", f"train.time_limit_minutes={recipe_minutes:.3f}",
                                      "train.checkpoint_every=1000000", "train.sample_every=1000000"]
-    peer, peer_minutes = train_and_eval("peer", args.out, peer_run, flow + ["--consistency-steps"],
-                                         args.images_per_prompt)
+    peer, peer_minutes = train_and_eval("peer", args.out, peer_run, flow_only)
 
     print(f"\n{machine()}; training minutes: recipe {recipe_minutes:.1f}, peer {peer_minutes:.1f}; seed {args.seed}; "
           f"{'glyphs' if args.glyphs else 'config data'}; recipe overrides {args.recipe or 'none'}; peer overrides "

@@ -336,3 +336,14 @@ def test_the_benchmarks_peer_is_plain_flow_matching_with_the_recipes_optimizer()
     assert config.objective.consistency_weight == 0 and config.objective.mae_weight == 0
     assert [(s.mask_ratio, s.learning_rate, s.consistency) for s in config.train.stages] == [(0.0, 3e-3, False)]
     assert config.train.optimizer == load_config(None).train.optimizer
+
+
+def test_the_benchmark_refuses_to_reuse_runs_trained_with_other_settings(tmp_path):
+    from benchmarks.recipe import check_same_runs
+
+    settings = {"config": None, "recipe": ["objective.guidance_scale=2.5"], "seed": 0}
+    check_same_runs(tmp_path, settings)
+    check_same_runs(tmp_path, dict(settings))  # the same settings: the runs are reused
+    with pytest.raises(SystemExit, match=r"other settings \(recipe: \['objective.guidance_scale=2.5'\] -> \[\]; "
+                                         r"seed: 0 -> 1\)"):
+        check_same_runs(tmp_path, {**settings, "recipe": [], "seed": 1})
