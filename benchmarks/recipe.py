@@ -9,7 +9,7 @@
    + CFG, and prints one table (the real held-out images are the reference row).
 
     python -m benchmarks.recipe --out /tmp/recipe                       # OpenMoji, the default config
-    python -m benchmarks.recipe --out /tmp/r2 --seed 1                  # a repeat with another seed
+    python -m benchmarks.recipe --out /tmp/r --seeds 0 1 2              # three training seeds, and their mean
     python -m benchmarks.recipe --out /tmp/recipe --images-per-prompt 5   # the same runs, 5 eval rounds
     python -m benchmarks.recipe --out /tmp/g --glyphs                   # the second image set (glyph_set.py)
     python -m benchmarks.recipe --out /tmp/a --recipe objective.consistency_teacher=sample   # an ablation
@@ -20,9 +20,10 @@
 stages, in their configured proportions, take about M minutes on this machine.
 
 Rerunning with the same --out reuses finished runs and evaluations (each step is skipped when its output
-exists), so more eval rounds or another sampler only pay for the evaluations. What trains the runs (config,
-overrides, seed, data, --fit-minutes) is recorded in OUT/runs.json, and a rerun that changes it is refused: use
-another --out for an ablation.
+exists), so more eval rounds, another sampler or more --seeds only pay for what is new. Each seed's runs live in
+OUT/seed-S; what else trains them (config, overrides, data, --fit-minutes) is recorded in OUT/runs.json, and a
+rerun that changes it is refused: use another --out for an ablation. With several seeds a last table gives each
+number's mean over the seeds and their standard deviation (how much one training run moves it).
 """
 
 from __future__ import annotations
@@ -127,6 +128,81 @@ def evaluate(name: str, model: Path, out: Path, eval_args: list[str]) -> dict:
     return json.loads(result.read_text())
 
 
+def run_seed(args, seed: int, out: Path) -> tuple[list[tuple[str, dict]], float, float]:
+    """Train and score the recipe, its teacher and the peer with training seed `seed` in `out`: the labelled eval
+    results and both runs' training minutes."""
+    out.mkdir(parents=True, exist_ok=True)
+    data = glyph_config(args.out) if args.glyphs else []
+    common = (["--config", args.config] if args.config else []) + ["--seed", str(seed)] + data
+    recipe_overrides = data + args.recipe  # the config keys the recipe run sets
+    flow = ["--flow-steps", str(args.flow_steps), "--guidance-scale", str(args.guidance_scale),
+            "--images-per-prompt", str(args.images_per_prompt)]
+
+    recipe_run = common + args.recipe
+    if args.fit_minutes:  # one probe for all seeds: the step count is the same budget for each
+        steps = fit_steps(args.fit_minutes, args.out, args.config, recipe_overrides, recipe_run)
+        print(f"--fit-minutes {args.fit_minutes:g}: train.max_steps={steps}")
+        recipe_run.append(f"train.max_steps={steps}")
+    recipe, recipe_minutes = train_and_eval("recipe", out, recipe_run, flow)
+    # The flow model the consistency stage distilled (the EMA when it began), with the flow sampler.
+    flow_only = flow + ["--consistency-steps"]
+    teachers = [(f"its teacher ({folder.name})", evaluate(folder.name, folder, out, flow_only))
+                for folder in sorted((out / "recipe").glob("teacher-*/")) if folder.is_dir()]
+    peer_args = peer_overrides(args.config, recipe_overrides) + args.peer
+    peer_run = common + peer_args + ["train.max_steps=1000000", f"train.time_limit_minutes={recipe_minutes:.3f}",
+                                     "train.checkpoint_every=1000000", "train.sample_every=1000000"]
+    peer, peer_minutes = train_and_eval("peer", out, peer_run, flow_only)
+    return [("recipe", recipe), *teachers, ("peer", peer)], recipe_minutes, peer_minutes
+
+
+def table_rows(results: list[tuple[str, dict]], flow_nfe: int) -> dict[str, tuple[str, dict]]:
+    """{row name: (NFE, eval row)} in table order; the real and chance rows once, from the first result, chance
+    last."""
+    rows = {}
+    for label, result in results:
+        for row in result["rows"]:
+            reference = row["images"].startswith(("real", "chance"))
+            if reference and label != results[0][0]:
+                continue
+            nfe = "-"
+            if row["images"].startswith("consistency"):
+                nfe = row["images"].split()[1]
+            elif row["images"].startswith("flow"):
+                nfe = str(flow_nfe)
+            rows[row["images"] if reference else f"{label}, {row['images']}"] = (nfe, row)
+    return dict(sorted(rows.items(), key=lambda item: item[0].startswith("chance")))  # chance last
+
+
+METRICS = (("frechet", "{:.2f}"), ("top-1", "{:.1%}"), ("top-5", "{:.1%}"))
+
+
+def print_table(rows: dict[str, tuple[str, dict]]) -> None:
+    print("| model, sampler | NFE | Fréchet distance | top-1 | top-5 |")
+    print("|---|---|---|---|---|")
+    for name, (nfe, row) in rows.items():
+        print(f"| {name} | {nfe} | {' | '.join(format_metric(row, key, form) for key, form in METRICS)} |")
+
+
+def over_seeds(per_seed: list[dict[str, tuple[str, dict]]]) -> dict[str, tuple[str, dict]]:
+    """Each row's numbers as the mean over the seeds of each seed's value (itself a mean over the eval rounds),
+    with the standard deviation over the seeds: the spread of training, not of the eval's noise."""
+    merged = {}
+    for name, (nfe, first) in per_seed[0].items():
+        if name.startswith(("real", "chance")):  # the same for every seed
+            merged[name] = (nfe, first)
+            continue
+        rows = [seed_rows[name][1] for seed_rows in per_seed if name in seed_rows]
+        row = {}
+        for key, _ in METRICS:
+            values = [r[key] for r in rows if key in r]
+            if values:
+                row[key] = statistics.mean(values)
+                if len(values) > 1:
+                    row[key + " std"] = statistics.stdev(values)
+        merged[name] = (nfe, row)
+    return merged
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True, type=Path, help="folder for the runs, logs and eval results")
@@ -135,7 +211,8 @@ def main() -> None:
     parser.add_argument("--peer", nargs="*", default=[],
                         help="overrides of the peer run, after the peer's own (e.g. train.optimizer=adamw)")
     parser.add_argument("--glyphs", action="store_true", help="train on the glyph set instead of the config's data")
-    parser.add_argument("--seed", type=int, default=0, help="training seed of both runs")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0],
+                        help="training seeds; each trains the recipe and its peer in OUT/seed-S (default: 0)")
     parser.add_argument("--fit-minutes", type=float, help="size train.max_steps to about this many minutes here")
     parser.add_argument("--flow-steps", type=int, default=30)
     parser.add_argument("--guidance-scale", type=float, default=1.75, help="CFG of the flow rows")
@@ -144,46 +221,20 @@ def main() -> None:
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     check_same_runs(args.out, {"config": args.config, "recipe": args.recipe, "peer": args.peer,
-                               "glyphs": args.glyphs, "seed": args.seed, "fit_minutes": args.fit_minutes})
-    data = glyph_config(args.out) if args.glyphs else []
-    common = (["--config", args.config] if args.config else []) + ["--seed", str(args.seed)] + data
-    recipe_overrides = data + args.recipe  # the config keys the recipe run sets
-    flow = ["--flow-steps", str(args.flow_steps), "--guidance-scale", str(args.guidance_scale),
-            "--images-per-prompt", str(args.images_per_prompt)]
-
-    recipe_run = common + args.recipe
-    if args.fit_minutes:
-        steps = fit_steps(args.fit_minutes, args.out, args.config, recipe_overrides, recipe_run)
-        print(f"--fit-minutes {args.fit_minutes:g}: train.max_steps={steps}")
-        recipe_run.append(f"train.max_steps={steps}")
-    recipe, recipe_minutes = train_and_eval("recipe", args.out, recipe_run, flow)
-    # The flow model the consistency stage distilled (the EMA when it began), with the flow sampler.
-    flow_only = flow + ["--consistency-steps"]
-    teachers = [(f"its teacher ({folder.name})", evaluate(folder.name, folder, args.out, flow_only))
-                for folder in sorted((args.out / "recipe").glob("teacher-*/")) if folder.is_dir()]
-    peer_args = peer_overrides(args.config, recipe_overrides) + args.peer
-    peer_run = common + peer_args + ["train.max_steps=1000000", f"train.time_limit_minutes={recipe_minutes:.3f}",
-                                     "train.checkpoint_every=1000000", "train.sample_every=1000000"]
-    peer, peer_minutes = train_and_eval("peer", args.out, peer_run, flow_only)
-
-    print(f"\n{machine()}; training minutes: recipe {recipe_minutes:.1f}, peer {peer_minutes:.1f}; seed {args.seed}; "
-          f"{'glyphs' if args.glyphs else 'config data'}; recipe overrides {args.recipe or 'none'}; peer overrides "
-          f"{args.peer or 'none'}\n")
-    print("| model, sampler | NFE | Fréchet distance | top-1 | top-5 |")
-    print("|---|---|---|---|---|")
-    for label, result in (("recipe", recipe), *teachers, ("peer", peer)):
-        for row in result["rows"]:
-            if row["images"].startswith(("real", "chance")) and label != "recipe":
-                continue
-            nfe = "-"
-            if row["images"].startswith("consistency"):
-                nfe = row["images"].split()[1]
-            elif row["images"].startswith("flow"):
-                nfe = str(2 * args.flow_steps if args.guidance_scale != 1 else args.flow_steps)
-            name = row["images"] if row["images"].startswith(("real", "chance")) else f"{label}, {row['images']}"
-            cells = [format_metric(row, key, form) for key, form in (("frechet", "{:.2f}"), ("top-1", "{:.1%}"),
-                                                                          ("top-5", "{:.1%}"))]
-            print(f"| {name} | {nfe} | {' | '.join(cells)} |")
+                               "glyphs": args.glyphs, "fit_minutes": args.fit_minutes})
+    flow_nfe = 2 * args.flow_steps if args.guidance_scale != 1 else args.flow_steps
+    per_seed = []
+    for seed in args.seeds:
+        results, recipe_minutes, peer_minutes = run_seed(args, seed, args.out / f"seed-{seed}")
+        per_seed.append(table_rows(results, flow_nfe))
+        print(f"\n{machine()}; training minutes: recipe {recipe_minutes:.1f}, peer {peer_minutes:.1f}; seed {seed}; "
+              f"{'glyphs' if args.glyphs else 'config data'}; recipe overrides {args.recipe or 'none'}; peer "
+              f"overrides {args.peer or 'none'}\n")
+        print_table(per_seed[-1])
+    if len(per_seed) > 1:
+        print(f"\nOver training seeds {', '.join(map(str, args.seeds))}: the mean of each seed's number ± the "
+              f"standard deviation over the seeds\n")
+        print_table(over_seeds(per_seed))
 
 
 if __name__ == "__main__":

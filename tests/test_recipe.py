@@ -347,3 +347,20 @@ def test_the_benchmark_refuses_to_reuse_runs_trained_with_other_settings(tmp_pat
     with pytest.raises(SystemExit, match=r"other settings \(recipe: \['objective.guidance_scale=2.5'\] -> \[\]; "
                                          r"seed: 0 -> 1\)"):
         check_same_runs(tmp_path, {**settings, "recipe": [], "seed": 1})
+
+
+def test_the_benchmark_averages_each_row_over_training_seeds():
+    from benchmarks.recipe import over_seeds, table_rows
+
+    def result(frechet, top5):
+        return {"rows": [{"images": "real held-out", "frechet": 1.15, "top-1": 0.25, "top-5": 0.45},
+                         {"images": "consistency 1 step", "frechet": frechet, "frechet std": 0.1, "top-1": 0.1,
+                          "top-5": top5}]}
+
+    seeds = [table_rows([("recipe", result(f, t)), ("peer", result(1.0, 0.3))], flow_nfe=60)
+             for f, t in ((1.2, 0.24), (1.4, 0.26))]
+    assert list(seeds[0]) == ["real held-out", "recipe, consistency 1 step", "peer, consistency 1 step"]
+    nfe, row = over_seeds(seeds)["recipe, consistency 1 step"]
+    assert nfe == "1" and row["frechet"] == pytest.approx(1.3) and row["top-5"] == pytest.approx(0.25)
+    assert row["frechet std"] == pytest.approx(0.1414, abs=1e-4)  # over the seeds, not the rounds' 0.1
+    assert row["top-1 std"] == 0 and "frechet std" not in over_seeds(seeds)["real held-out"][1]
