@@ -4,7 +4,7 @@ When the stage begins, the EMA weights of that moment become the teacher: the be
 and one that stops moving while the student's consistency branch learns from it. It is exported once, as a
 full pipeline folder OUTPUT_DIR/teacher-<step>/ (written aside, then renamed into place), for two readers: a run
 resumed in the middle of the stage distils the same teacher from it, and users sample and evaluate it as the
-run's flow model (`eidos sample --model RUN/teacher-<step>`), whatever the checkpoint cadence kept.
+run's flow model (`eidos sample --checkpoint RUN/teacher-<step> --sampler flow`), whichever checkpoints were kept.
 """
 
 from __future__ import annotations
