@@ -364,3 +364,19 @@ def test_the_benchmark_averages_each_row_over_training_seeds():
     assert nfe == "1" and row["frechet"] == pytest.approx(1.3) and row["top-5"] == pytest.approx(0.25)
     assert row["frechet std"] == pytest.approx(0.1414, abs=1e-4)  # over the seeds, not the rounds' 0.1
     assert row["top-1 std"] == 0 and "frechet std" not in over_seeds(seeds)["real held-out"][1]
+
+
+def test_train_names_the_exported_teacher_when_it_finishes(tmp_path, synthetic_data, capsys):
+    """The default's stages (masked flow, flow, consistency) on a tiny run: the teacher is exported when the
+    consistency stage begins, loads as a pipeline, and `eidos train` says where it is."""
+    from eidos.cli.main import main
+    from eidos.config import default_config_path
+    from eidos.sampling.pipeline import is_pipeline_folder
+    from tests.conftest import tiny_run_overrides
+
+    run = tmp_path / "run"
+    config = load_config(default_config_path(), tiny_run_overrides(run, synthetic_data, max_steps=12))
+    start = sum(config.train.stage_steps()[:2])
+    assert main(["train", *tiny_run_overrides(run, synthetic_data, max_steps=12), "train.tracker=none"]) == 0
+    assert is_pipeline_folder(run / f"teacher-{start}")
+    assert f"the flow model its consistency stage distilled in {run / f'teacher-{start}'}" in capsys.readouterr().out

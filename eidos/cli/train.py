@@ -54,5 +54,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"eidos train: {error}", file=sys.stderr)
         return 1
     if os.environ.get("RANK", "0") == "0":  # once, not once per process under torchrun
-        print(f"done: exported model in {final}; sample grids in {final.parent / 'samples'}")
+        teachers = sorted(p.parent for p in final.parent.glob("teacher-*/model_index.json"))
+        distilled = "".join(f"; the flow model its consistency stage distilled in {t}" for t in teachers)
+        print(f"done: exported model in {final}{distilled}; sample grids in {final.parent / 'samples'}")
     return 0
