@@ -40,6 +40,7 @@ from pathlib import Path
 from benchmarks.common import machine
 from eidos.cli.evaluate import format_metric
 from eidos.config import default_config_path, load_config
+from eidos.training.teacher import exported_teachers
 
 PEER = ["objective.consistency_weight=0", "objective.mae_weight=0"]
 
@@ -128,26 +129,21 @@ def evaluate(name: str, model: Path, out: Path, eval_args: list[str]) -> dict:
     return json.loads(result.read_text())
 
 
-def run_seed(args, seed: int, out: Path) -> tuple[list[tuple[str, dict]], float, float]:
-    """Train and score the recipe, its teacher and the peer with training seed `seed` in `out`: the labelled eval
-    results and both runs' training minutes."""
+def run_seed(args, seed: int, out: Path, data: list[str], max_steps: list[str]
+             ) -> tuple[list[tuple[str, dict]], float, float]:
+    """Train and score the recipe (on the `data` overrides, with the `max_steps` one if any), its teacher and the
+    peer with training seed `seed` in `out`: the labelled eval results and both runs' training minutes."""
     out.mkdir(parents=True, exist_ok=True)
-    data = glyph_config(args.out) if args.glyphs else []
     common = (["--config", args.config] if args.config else []) + ["--seed", str(seed)] + data
     recipe_overrides = data + args.recipe  # the config keys the recipe run sets
     flow = ["--flow-steps", str(args.flow_steps), "--guidance-scale", str(args.guidance_scale),
             "--images-per-prompt", str(args.images_per_prompt)]
 
-    recipe_run = common + args.recipe
-    if args.fit_minutes:  # one probe for all seeds: the step count is the same budget for each
-        steps = fit_steps(args.fit_minutes, args.out, args.config, recipe_overrides, recipe_run)
-        print(f"--fit-minutes {args.fit_minutes:g}: train.max_steps={steps}")
-        recipe_run.append(f"train.max_steps={steps}")
-    recipe, recipe_minutes = train_and_eval("recipe", out, recipe_run, flow)
+    recipe, recipe_minutes = train_and_eval("recipe", out, common + args.recipe + max_steps, flow)
     # The flow model the consistency stage distilled (the EMA when it began), with the flow sampler.
     flow_only = flow + ["--consistency-steps"]
     teachers = [(f"its teacher ({folder.name})", evaluate(folder.name, folder, out, flow_only))
-                for folder in sorted((out / "recipe").glob("teacher-*/")) if folder.is_dir()]
+                for folder in exported_teachers(out / "recipe")]
     peer_args = peer_overrides(args.config, recipe_overrides) + args.peer
     peer_run = common + peer_args + ["train.max_steps=1000000", f"train.time_limit_minutes={recipe_minutes:.3f}",
                                      "train.checkpoint_every=1000000", "train.sample_every=1000000"]
@@ -223,9 +219,16 @@ def main() -> None:
     check_same_runs(args.out, {"config": args.config, "recipe": args.recipe, "peer": args.peer,
                                "glyphs": args.glyphs, "fit_minutes": args.fit_minutes})
     flow_nfe = 2 * args.flow_steps if args.guidance_scale != 1 else args.flow_steps
+    data = glyph_config(args.out) if args.glyphs else []
+    max_steps = []
+    if args.fit_minutes:  # one probe for all seeds: the same budget for each
+        run_args = (["--config", args.config] if args.config else []) + data + args.recipe
+        steps = fit_steps(args.fit_minutes, args.out, args.config, data + args.recipe, run_args)
+        print(f"--fit-minutes {args.fit_minutes:g}: train.max_steps={steps}")
+        max_steps = [f"train.max_steps={steps}"]
     per_seed = []
     for seed in args.seeds:
-        results, recipe_minutes, peer_minutes = run_seed(args, seed, args.out / f"seed-{seed}")
+        results, recipe_minutes, peer_minutes = run_seed(args, seed, args.out / f"seed-{seed}", data, max_steps)
         per_seed.append(table_rows(results, flow_nfe))
         print(f"\n{machine()}; training minutes: recipe {recipe_minutes:.1f}, peer {peer_minutes:.1f}; seed {seed}; "
               f"{'glyphs' if args.glyphs else 'config data'}; recipe overrides {args.recipe or 'none'}; peer "

@@ -44,6 +44,7 @@ def run(args: argparse.Namespace) -> int:
     from eidos.training.checkpoint import CheckpointError
     from eidos.training.faults import NonFiniteTraining, TrainingInterrupted
     from eidos.training.loop import train
+    from eidos.training.teacher import exported_teachers
 
     try:
         final = train(config)
@@ -54,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"eidos train: {error}", file=sys.stderr)
         return 1
     if os.environ.get("RANK", "0") == "0":  # once, not once per process under torchrun
-        teachers = sorted(p.parent for p in final.parent.glob("teacher-*/model_index.json"))
-        distilled = "".join(f"; the flow model its consistency stage distilled in {t}" for t in teachers)
+        distilled = "".join(f"; the flow model its consistency stage distilled in {t}"
+                            for t in exported_teachers(final.parent))
         print(f"done: exported model in {final}{distilled}; sample grids in {final.parent / 'samples'}")
     return 0

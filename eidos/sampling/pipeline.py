@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from diffusers import DiffusionPipeline, FlowMatchEulerDiscreteScheduler, ImagePipelineOutput
+from diffusers.utils import SAFETENSORS_WEIGHTS_NAME
 from diffusers.utils.torch_utils import randn_tensor
 
 from eidos.batch import TextEmbeddings
@@ -28,6 +29,9 @@ from eidos.encoders.codecs import decode, downsample_factor
 from eidos.encoders.text import encode_captions
 from eidos.model import MaskDiT
 from eidos.sampling.solvers import flow_times, sample_consistency, sample_flow_euler
+
+# Where an exported pipeline keeps the transformer's weights (diffusers' layout).
+TRANSFORMER_WEIGHTS = Path("transformer") / SAFETENSORS_WEIGHTS_NAME
 
 SAMPLERS = ("consistency", "flow")
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")

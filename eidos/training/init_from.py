@@ -31,7 +31,7 @@ from eidos.config import PATH_PREFIXES, STARTED_FROM, Config
 from eidos.config.model_presets import preset_config
 from eidos.encoders.codecs import downsample_factor, latent_channels
 from eidos.model import MaskDiT
-from eidos.sampling.pipeline import is_pipeline_folder
+from eidos.sampling.pipeline import TRANSFORMER_WEIGHTS, is_pipeline_folder
 from eidos.training.checkpoint import EMA_FILE, latest_checkpoint
 from eidos.training.checkpoint_check import STATE_FILE, damage
 from eidos.training.ema import EMA
@@ -39,7 +39,6 @@ from eidos.training.ema import EMA
 logger = logging.getLogger(__name__)
 
 CHECKPOINT_WEIGHTS = "model.safetensors"  # accelerate's save_state of the TrainingStep: keys "model.<name>"
-TRANSFORMER_WEIGHTS = "transformer/diffusion_pytorch_model.safetensors"
 # Which setting of the new run decides each transformer argument (the rest are model.<name> / model.preset).
 SET_BY = {"in_channels": "encoders.codec", "text_dim": "encoders.text", "sample_size": "data.resolution"}
 

@@ -19,17 +19,20 @@ from accelerate import Accelerator
 from safetensors.torch import load_file
 from torch import nn
 
+from eidos.sampling.pipeline import TRANSFORMER_WEIGHTS
 from eidos.training.checkpoint import WRITE_ERRORS, CheckpointError
 from eidos.training.ema import EMA
 
 logger = logging.getLogger(__name__)
 
-# Where an exported pipeline keeps the transformer's weights (diffusers' layout).
-TRANSFORMER_WEIGHTS = Path("transformer") / "diffusion_pytorch_model.safetensors"
-
-
 def teacher_folder(output_dir: Path, stage_start_step: int) -> Path:
     return output_dir / f"teacher-{stage_start_step}"
+
+
+def exported_teachers(output_dir: Path) -> list[Path]:
+    """The teacher folders a run exported, by step."""
+    folders = [p.parent for p in output_dir.glob("teacher-*/model_index.json")]
+    return sorted(folders, key=lambda folder: int(folder.name.removeprefix("teacher-")))
 
 
 def legacy_teacher_file(output_dir: Path, stage_start_step: int) -> Path:
