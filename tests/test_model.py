@@ -133,20 +133,3 @@ def test_a_model_saved_before_the_branch_embedding_loads_unchanged(tmp_path):
     batch, t = make_batch(), torch.tensor([-0.3, 0.3, -0.8, 0.8])
     kwargs = batch.text.model_kwargs()
     assert torch.equal(old(batch.latents, t, **kwargs).sample, loaded(batch.latents, t, **kwargs).sample)
-
-
-def test_input_skip_passes_the_noise_through_at_the_noise_end():
-    """With input_skip G(x, t) = |t| x + network(x, t): at init (zero final layer) G is |t| x exactly, and a
-    one-step sample x1 - G(x1, 1) is the network's own output, with nothing of x1 left to copy."""
-    model = make_tiny_model(branch_embedding=True, input_skip=True)
-    plain = make_tiny_model(branch_embedding=True)
-    plain.load_state_dict(model.state_dict())
-    batch = make_batch()
-    kwargs = batch.text.model_kwargs()
-    t = torch.tensor([1.0, -1.0, 0.5, -0.25])
-    assert torch.equal(model(batch.latents, t, **kwargs).sample, t.abs().reshape(-1, 1, 1, 1) * batch.latents)
-    randomize_(model), plain.load_state_dict(model.state_dict())
-    skip, net = model(batch.latents, t, **kwargs).sample, plain(batch.latents, t, **kwargs).sample
-    torch.testing.assert_close(skip - net, t.abs().reshape(-1, 1, 1, 1) * batch.latents)
-    with torch.autocast("cpu", dtype=torch.bfloat16):  # the skip is added in the input's precision
-        assert model(batch.latents, t, **kwargs).sample.dtype == torch.float32

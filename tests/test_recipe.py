@@ -135,17 +135,6 @@ def test_learning_rate_warms_up_once_and_stages_keep_their_rates():
     assert all(not math.isclose(rates[s - 1][1], 0) for s in starts[1:])
 
 
-def test_cooldown_anneals_the_end_of_its_stage_linearly():
-    stages = ('[{name: a, fraction: 0.5, mask_ratio: 0.5, learning_rate: 1.0e-3, consistency: false},'
-              ' {name: b, fraction: 0.5, mask_ratio: 0.0, learning_rate: 1.0e-3, consistency: false, cooldown: 0.2}]')
-    config = load_config(None, ["train.max_steps=100", "train.warmup_steps=0", f"train.stages={stages}"])
-    rates = [rate for _, rate in (learning_rate(config, step) for step in range(100))]
-    assert rates[:90] == [1e-3] * 90  # stage a and the first 40 steps of b at the full rate
-    assert rates[90:] == pytest.approx([1e-3 * (10 - i) / 10 for i in range(10)])  # 10 steps down to 1/10
-    with pytest.raises(ValueError, match="cooldown"):
-        load_config(None, [f"train.stages={stages.replace('cooldown: 0.2', 'cooldown: 1.5')}"])
-
-
 def test_ema_restarts_at_the_consistency_stage_from_the_current_weights():
     config = load_config(None, ["train.max_steps=100"])
     assert [ema_start(config, i) for i in range(3)] == [0, 0, 80]

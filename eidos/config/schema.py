@@ -131,7 +131,6 @@ class ModelConfig:
     mlp_ratio: float | None = None
     cross_attention: bool | None = None
     branch_embedding: bool | None = None
-    input_skip: bool | None = None
 
     def __post_init__(self) -> None:
         _require(self.preset in PRESETS, "model.preset", self.preset, f"one of {sorted(PRESETS)}")
@@ -258,9 +257,7 @@ class StageConfig:
     short consistency stage is not averaged with the flow-phase weights before it.
     reset_optimizer: clear Adam's moments when this stage begins.
     start_from_ema: the stage begins from the EMA weights (the live weights take the average's values), so a
-    short consistency stage starts from the run's best flow model rather than from the noisier raw weights.
-    cooldown: the last fraction of the stage's steps anneals its learning rate linearly towards zero
-    (warmup-stable-decay, Hägele et al. 2024), so the stage ends on annealed weights; 0 = none."""
+    short consistency stage starts from the run's best flow model rather than from the noisier raw weights."""
 
     name: str = "masked"
     fraction: float = 1.0
@@ -270,14 +267,12 @@ class StageConfig:
     restart_ema: bool = False
     reset_optimizer: bool = False
     start_from_ema: bool = False
-    cooldown: float = 0.0
 
     def __post_init__(self) -> None:
         _require(0 < self.fraction <= 1, f"train.stages.{self.name}.fraction", self.fraction, "in (0, 1]")
         _require(0 <= self.mask_ratio < 1, f"train.stages.{self.name}.mask_ratio", self.mask_ratio, "in [0, 1)")
         _require(math.isfinite(self.learning_rate) and self.learning_rate > 0,
                  f"train.stages.{self.name}.learning_rate", self.learning_rate, "a finite number > 0")
-        _require(0 <= self.cooldown <= 1, f"train.stages.{self.name}.cooldown", self.cooldown, "in [0, 1]")
 
 
 def _default_stages() -> list[StageConfig]:

@@ -5,10 +5,6 @@ predicts a velocity G(x, t) for a signed time condition t in [-1, 1] (DESIGN §3
 t = s consistency branch). Conditioning vector c = TimestepEmbed(t) + TextProj(pooled text) drives AdaLN-Zero.
 With branch_embedding, TimestepEmbed(t) = TimestepEmbed(|t|) + [t > 0] b, b learned from zero: the two branches
 share the time features and the consistency branch starts as the flow branch.
-With input_skip, G(x, t) = |t| x + network(x, t), the skip of consistency models and EDM (Song et al. 2023,
-Karras et al. 2022) in velocity form: at |t| = 1 the velocity x1 - x0 needs the whole input noise, which the
-skip passes through exactly, so the network predicts -x0 there and a one-step sample keeps no copy error of its
-starting noise (grain); at t = 0 it is plain velocity prediction.
 """
 
 from __future__ import annotations
@@ -59,7 +55,6 @@ class MaskDiT(ModelMixin, ConfigMixin):
         mlp_ratio: float = 4.0,
         cross_attention: bool = False,
         branch_embedding: bool = False,
-        input_skip: bool = False,
     ):
         super().__init__()
         if sample_size % patch_size != 0:
@@ -220,9 +215,6 @@ class MaskDiT(ModelMixin, ConfigMixin):
         h = h + self.decoder_pos_embed
         h = self._run_blocks(self.decoder_blocks, h, c, None, None, math_attention)
         out = unpatchify(self.final_layer(h, c), self.config.patch_size, channels, height)  # (B, C, H, W)
-        if self.config.input_skip:  # in the input's precision: the noise passes through unrounded
-            dtype = torch.promote_types(out.dtype, x.dtype)
-            out = out.to(dtype) + t.abs().to(dtype).reshape(-1, 1, 1, 1) * x.to(dtype)
         if not return_dict:
             return (out,)
         return MaskDiTOutput(sample=out)

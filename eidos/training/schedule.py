@@ -30,8 +30,7 @@ def step_seed(seed: int, rank: int, step: int, micro: int) -> int:
 def learning_rate(config: Config, step: int) -> tuple[int, float]:
     """(stage index, learning rate) at optimizer step `step`: one linear warm-up at the start of the run (a
     warm-up per stage spent much of a short stage at a reduced rate), then per stage constant or cosine decay
-    to 10% over the stage, times the stage's linear cool-down over its last steps (its last step at 1/n of the
-    rate for a cool-down of n steps)."""
+    to 10% over the stage."""
     start = 0
     warmup = min(1.0, (step + 1) / config.train.warmup_steps) if config.train.warmup_steps else 1.0
     for index, (stage, length) in enumerate(zip(config.train.stages, config.train.stage_steps(), strict=True)):
@@ -40,9 +39,6 @@ def learning_rate(config: Config, step: int) -> tuple[int, float]:
             decay = 1.0
             if config.train.lr_schedule == "cosine":
                 decay = 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, into / max(1, length))))
-            cooldown = math.ceil(stage.cooldown * length)
-            if cooldown and into >= length - cooldown:
-                decay *= max(length - into, 1) / cooldown
             return index, stage.learning_rate * warmup * decay
         start += length
     raise AssertionError("unreachable")
