@@ -145,7 +145,8 @@ def encode_shard(contents: ShardContents, out: Path, codec, text_encoder, attrib
 
 def encode_distinct_captions(text_encoder, captions: list[str]) -> TextEmbeddings:
     """`text_encoder.encode(captions)`, with each distinct caption encoded once and its rows repeated. The rows
-    are those of encoding every caption: captions are padded to the same length and encoded independently."""
+    are those of encoding every caption (captions are padded to the same length and encoded independently), up to
+    the float32 rounding that a batch's size may change in the encoder's matrix products."""
     distinct = list(dict.fromkeys(captions))  # first-seen order
     row = {caption: index for index, caption in enumerate(distinct)}
     return text_encoder.encode(distinct)[torch.tensor([row[caption] for caption in captions])]
