@@ -105,13 +105,14 @@ class GaussianVelocity(nn.Module):
 
 
 def tiny_run_overrides(output_dir, data: list[str], max_steps=60) -> list[str]:
-    """A training run that takes seconds on CPU: 16x16 pixels, a ~100k-parameter model, batch 16, on `data` (the
-    data overrides of the `openmoji_data` or `synthetic_data` fixture)."""
+    """A training run that takes seconds on CPU: 16x16 pixels, a ~100k-parameter model, batch 16, bf16 autocast, on
+    `data` (the data overrides of the `openmoji_data` or `synthetic_data` fixture)."""
     return [
         f"train.output_dir={output_dir}", *data, "data.resolution=16",
         "model.width=64", "model.depth=2", "model.heads=2", "model.decoder_width=32", "model.decoder_depth=1",
         "model.decoder_heads=2", f"train.max_steps={max_steps}", "train.batch_size=16", "train.warmup_steps=5",
         "train.checkpoint_every=30", "train.sample_every=30", "train.log_every=5",
+        "train.mixed_precision=bf16",  # not "auto": two runs of a test must not time themselves into different ones
         "sampling.num_held_out_prompts=2", "sampling.num_train_prompts=2", "sampling.flow_steps=4",
     ]
 

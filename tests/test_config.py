@@ -42,6 +42,8 @@ def test_dotted_overrides_reach_nested_keys_and_list_items():
     ("model.preset=huge", r"model.preset.*'huge'.*expected one of"),
     ("train.optimizer=sgd", r"train.optimizer.*'sgd'.*expected one of \('adamw', 'muon'\)"),
     ("train.batch_size=30", r"train.batch_size.*a multiple of train.grad_accumulation_steps=4"),
+    ("train.mixed_precision=no", r"'train.mixed_precision' must be of type str, got False \(YAML reads an unquoted no"),
+    ("train.mixed_precision=fp8", r"train.mixed_precision.*'fp8'.*expected 'auto', 'no', 'bf16' or 'fp16'"),
 ])
 def test_bad_values_are_refused_with_the_key_named(override, message):
     overrides = [override, "train.grad_accumulation_steps=4"] if "batch_size" in override else [override]

@@ -89,7 +89,7 @@ def test_a_fine_tune_starts_at_step_zero_with_a_fresh_optimizer_and_records_its_
     overrides = finetune_overrides(run, synthetic_data, source / "model", 4, f"train.stages={stages}")
     train(load_config(FINETUNE, overrides))
     state = json.loads((run / "checkpoint-4" / "trainer_state.json").read_text())
-    assert state == {"step": 4, "samples_seen": 4 * 16, "skipped_steps": 0}
+    assert state == {"step": 4, "samples_seen": 4 * 16, "skipped_steps": 0, "mixed_precision": "bf16"}
     optimizer = torch.load(run / "checkpoint-4" / "optimizer.bin", weights_only=True)
     assert {float(s["step"]) for s in optimizer["state"].values()} == {4.0}  # Adam counted from 0, not from 10
     exported = load_file(source / "model" / "transformer" / "diffusion_pytorch_model.safetensors")

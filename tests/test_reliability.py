@@ -122,9 +122,13 @@ def torchrun(args, run):
 
 
 def test_two_process_training_checkpoints_once_and_resumes_exactly(tmp_path, synthetic_data):
+    """Also "auto" precision across processes: the main process's choice reaches both, and the resumed run keeps it."""
     run = tmp_path / "run"
-    args = tiny_run_overrides(run, synthetic_data, max_steps=8) + ["train.checkpoint_every=4", "train.log_every=2"]
+    args = tiny_run_overrides(run, synthetic_data, max_steps=8) + ["train.checkpoint_every=4", "train.log_every=2",
+                                                                   "train.mixed_precision=auto"]
     torchrun(args, run)
+    precision = json.loads((run / "checkpoint-8" / "trainer_state.json").read_text())["mixed_precision"]
+    assert precision in ("no", "bf16")
     assert read_steps(run) == [2, 4, 6, 8]  # logged once, by the main process
     assert [p.name for p in list_checkpoints(run)] == ["checkpoint-4", "checkpoint-8"]
     assert {p.name for p in (run / "checkpoint-8").glob("random_states_*.pkl")} == {
@@ -138,6 +142,7 @@ def test_two_process_training_checkpoints_once_and_resumes_exactly(tmp_path, syn
     assert read_steps(run) == [6, 8]
     resumed = load_file(run / "checkpoint-8" / "model.safetensors")
     assert all(torch.equal(final[k], resumed[k]) for k in final)
+    assert json.loads((run / "checkpoint-8" / "trainer_state.json").read_text())["mixed_precision"] == precision
 
 
 def test_sigkill_after_a_checkpoint_then_rerun_matches_an_uninterrupted_run(tmp_path, synthetic_data):

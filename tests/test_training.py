@@ -1,5 +1,5 @@
 """End-to-end training on the embedded default (OpenMoji, MiniLM; tiny sizes), resume, `eidos sample` and
-`eidos eval`; compiled blocks on the synthetic cache."""
+`eidos eval`; compiled blocks and "auto" precision on the synthetic cache."""
 
 import json
 import shutil
@@ -12,6 +12,7 @@ from safetensors.torch import load_file
 
 from eidos.cli.main import main
 from eidos.config import default_config_path, load_config
+from eidos.training import precision
 from eidos.training.checkpoint import list_checkpoints
 from eidos.training.loop import train
 from tests.conftest import tiny_run_overrides
@@ -134,3 +135,30 @@ def test_compiled_blocks_train_like_eager_ones(tmp_path, synthetic_data):
     # the exported EMA model is a plain (uncompiled) module that loads anywhere
     exported = load_file(tmp_path / "true" / "model" / "transformer" / "diffusion_pytorch_model.safetensors")
     assert not any("_orig_mod" in name for name in exported)
+
+
+def test_auto_precision_trains_in_the_faster_one_and_keeps_it_on_resume(tmp_path, synthetic_data, monkeypatch):
+    """"auto" trains in whichever precision the timing says is faster, records it, and a resumed run keeps the
+    recorded one even when the timing now says otherwise: it ends bit-identical to the uninterrupted run."""
+    timing = {}
+    monkeypatch.setattr(precision, "bf16_matmul_speedup", lambda: timing["speedup"])
+
+    def run(folder, speedup):
+        timing["speedup"] = speedup
+        overrides = tiny_run_overrides(folder, synthetic_data, max_steps=8) + [
+            "train.mixed_precision=auto", "train.checkpoint_every=4", "train.sample_every=8"]
+        train(load_config(default_config_path(), overrides))
+        state = json.loads((folder / "checkpoint-8" / "trainer_state.json").read_text())
+        return state["mixed_precision"], load_file(folder / "checkpoint-8" / "model.safetensors")
+
+    chosen, float32_weights = run(tmp_path / "float32", 0.5)
+    assert chosen == "no"
+    chosen, bf16_weights = run(tmp_path / "bf16", 2.0)
+    assert chosen == "bf16"
+    assert not all(torch.equal(float32_weights[k], bf16_weights[k]) for k in float32_weights)  # it took effect
+
+    resumed = tmp_path / "resumed"
+    shutil.copytree(tmp_path / "float32" / "checkpoint-4", resumed / "checkpoint-4")
+    chosen, resumed_weights = run(resumed, 2.0)  # bf16 would now win a fresh timing
+    assert chosen == "no"
+    assert all(torch.equal(float32_weights[k], resumed_weights[k]) for k in float32_weights)

@@ -73,6 +73,9 @@ def _convert(value, annotation, key: str):
             return float(value)  # YAML reads 1e-3 (no dot) as a string
         except ValueError:
             pass
+    if annotation is str and isinstance(value, bool):
+        raise ValueError(f"config key {key!r} must be of type str, got {value!r} (YAML reads an unquoted no, yes, "
+                         f"off or on as a boolean: quote it, e.g. {key}='\"no\"')")
     if not isinstance(value, annotation) or (annotation is int and isinstance(value, bool)):
         raise ValueError(f"config key {key!r} must be of type {annotation.__name__}, got {value!r}")
     return value

@@ -294,7 +294,9 @@ class TrainConfig:
     run folder or a Hub id; eidos/training/init_from.py) with the same codec, text encoder and model shape; fresh
     optimizer and step count. Read when the run starts, not when it resumes from its own checkpoint.
     optimizer: "adamw", or "muon": Muon for the transformer blocks' weight matrices and AdamW (adam_betas) for the
-    rest, one learning rate for both (eidos/training/optimizer.py)."""
+    rest, one learning rate for both (eidos/training/optimizer.py).
+    mixed_precision: "no" (float32), "bf16" or "fp16" autocast, or "auto": bf16 where it is faster (on a CPU
+    timed on the run's own model when it starts, and kept on resume; eidos/training/precision.py)."""
 
     output_dir: str = "runs/openmoji"
     init_from: str = ""
@@ -312,7 +314,7 @@ class TrainConfig:
     grad_accumulation_steps: int = 1
     ema_decay: float = 0.999
     ema_warmup: bool = True
-    mixed_precision: str = "bf16"
+    mixed_precision: str = "auto"
     allow_tf32: bool = True
     gradient_checkpointing: bool = False
     compile: bool = False
@@ -342,8 +344,8 @@ class TrainConfig:
         _require(self.optimizer in OPTIMIZERS, "train.optimizer", self.optimizer, f"one of {OPTIMIZERS}")
         _require(0 <= self.ema_decay < 1, "train.ema_decay", self.ema_decay, "in [0, 1)")
         _require(self.grad_clip >= 0, "train.grad_clip", self.grad_clip, ">= 0 (0 = no clipping)")
-        _require(self.mixed_precision in ("no", "bf16", "fp16"), "train.mixed_precision", self.mixed_precision,
-                 "'no', 'bf16' or 'fp16'")
+        _require(self.mixed_precision in ("auto", "no", "bf16", "fp16"), "train.mixed_precision",
+                 self.mixed_precision, "'auto', 'no', 'bf16' or 'fp16'")
         _require(self.tracker in ("tensorboard", "wandb", "none"), "train.tracker", self.tracker,
                  "'tensorboard', 'wandb' or 'none'")
 

@@ -48,6 +48,7 @@ class TrainerState:
     step: int = 0
     samples_seen: int = 0
     skipped_steps: int = 0
+    mixed_precision: str = ""  # what the run trains in, "auto" resolved ("" in checkpoints from before it was kept)
 
 
 def list_checkpoints(output_dir: str | Path) -> list[Path]:

@@ -4,7 +4,6 @@ and optimizer, and the state of a run being resumed."""
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import logging
 from dataclasses import dataclass
@@ -29,6 +28,7 @@ from eidos.training.checkpoint import TrainerState, latest_checkpoint, load_chec
 from eidos.training.ema import EMA
 from eidos.training.init_from import InitSource, init_source, run_config
 from eidos.training.optimizer import build_optimizer
+from eidos.training.precision import autocast, resolve_precision
 from eidos.training.previews import PreviewSet, build_preview_set
 from eidos.training.run_folder import check_run_folder
 from eidos.training.schedule import micro_batch_size
@@ -74,11 +74,8 @@ class Run:
         return self.accelerator.device
 
     def autocast(self):
-        precision = self.config.train.mixed_precision
-        if precision == "no":
-            return contextlib.nullcontext()
-        dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-        return torch.autocast(device_type=self.device.type, dtype=dtype)
+        """Autocast in the precision this run trains in (`train.mixed_precision`, "auto" resolved)."""
+        return autocast(self.state.mixed_precision, self.device)
 
     def export(self, folder: Path) -> None:
         """The EMA model as a full `EidosPipeline` folder."""
@@ -117,6 +114,7 @@ def set_up(config: Config) -> Run:
     if checkpoint is not None:
         state = load_checkpoint(accelerator, checkpoint, ema)
         logger.info("resumed from %s at step %d", checkpoint, state.step)
+    state.mixed_precision = resolve_precision(cfg.mixed_precision, state.mixed_precision, accelerator)
     previews = build_preview_set(config.sampling, data.preview_rows, data.held_out, data.latent_shape,
                                  text_encoder.encode)
     run = Run(config, output_dir, accelerator, layout, data, codec.to(device), text_encoder, model, step_module, ema,
