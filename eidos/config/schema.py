@@ -296,7 +296,8 @@ class TrainConfig:
     optimizer: "adamw", or "muon": Muon for the transformer blocks' weight matrices and AdamW (adam_betas) for the
     rest, one learning rate for both (eidos/training/optimizer.py).
     mixed_precision: "no" (float32), "bf16" or "fp16" autocast, or "auto": bf16 where it is faster (on a CPU
-    timed on the run's own model when it starts, and kept on resume; eidos/training/precision.py)."""
+    where bf16 matrix products beat float32 ones, timed when the run starts; kept on resume;
+    eidos/training/precision.py)."""
 
     output_dir: str = "runs/openmoji"
     init_from: str = ""
