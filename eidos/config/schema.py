@@ -15,6 +15,7 @@ TANGENTS = ("jvp", "finite_difference")
 TANGENT_PRECISIONS = ("autocast", "float32")
 TEACHERS = ("frozen", "flow_branch", "sample")
 OPTIMIZERS = ("adamw", "muon")
+MIXED_PRECISIONS = ("auto", "no", "bf16", "fp16")  # "auto" resolves to one of the others (training/precision.py)
 
 
 def _require(ok: bool, key: str, value, allowed: str) -> None:
@@ -345,8 +346,8 @@ class TrainConfig:
         _require(self.optimizer in OPTIMIZERS, "train.optimizer", self.optimizer, f"one of {OPTIMIZERS}")
         _require(0 <= self.ema_decay < 1, "train.ema_decay", self.ema_decay, "in [0, 1)")
         _require(self.grad_clip >= 0, "train.grad_clip", self.grad_clip, ">= 0 (0 = no clipping)")
-        _require(self.mixed_precision in ("auto", "no", "bf16", "fp16"), "train.mixed_precision",
-                 self.mixed_precision, "'auto', 'no', 'bf16' or 'fp16'")
+        _require(self.mixed_precision in MIXED_PRECISIONS, "train.mixed_precision", self.mixed_precision,
+                 "'auto', 'no', 'bf16' or 'fp16'")
         _require(self.tracker in ("tensorboard", "wandb", "none"), "train.tracker", self.tracker,
                  "'tensorboard', 'wandb' or 'none'")
 

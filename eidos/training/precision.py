@@ -23,10 +23,12 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list
 
+from eidos.config.schema import MIXED_PRECISIONS
+
 logger = logging.getLogger(__name__)
 
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
-PRECISIONS = ("no", *AUTOCAST_DTYPES)  # what "auto" resolves among
+RESOLVED = tuple(name for name in MIXED_PRECISIONS if name != "auto")
 
 
 def autocast(precision: str, device: torch.device):
@@ -41,7 +43,7 @@ def resolve_precision(setting: str, recorded: str, accelerator: Accelerator) -> 
     trainer state, else the faster one on this device (every process takes the main process's choice)."""
     if setting != "auto":
         return setting
-    if recorded in PRECISIONS:
+    if recorded in RESOLVED:
         return recorded
     device = accelerator.device
     if device.type == "cuda":
