@@ -243,8 +243,10 @@ def test_the_page_in_a_headless_browser(server, browser, run_folder, tmp_path):
     assert "Flow guidance scale" in browser.find_element(By.TAG_NAME, "body").text
 
     type_prompt(browser, LONG_PROMPT)
-    notice = wait_until(lambda: "truncated" in (text := browser.find_element(By.CSS_SELECTOR, "#notice").text) and text,
-                        what="the truncation notice")
+    # the notice follows the typing (a prefix of 9 tokens is already truncated): wait for the whole prompt's
+    notice = wait_until(
+        lambda: "a red apple on a small" in (text := browser.find_element(By.CSS_SELECTOR, "#notice").text) and text,
+        what="the truncation notice of the whole prompt")
     assert "the text encoder reads 8" in notice and "a red apple on a small" in notice
     browser.save_screenshot(str(tmp_path / "page.png"))
     assert Image.open(tmp_path / "page.png").size[0] > 0
