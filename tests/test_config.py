@@ -32,6 +32,8 @@ def test_dotted_overrides_reach_nested_keys_and_list_items():
     assert config.train.stages[1].learning_rate == 1e-4
     assert config.objective.guidance_interval == (0.1, 0.5)
     assert config.train.stage_steps() == [80, 80, 40]
+    staged = load_config(None, ["train.optimizer=muon", "train.stages.2.optimizer=adamw"])
+    assert staged.train.stage_optimizers() == ["muon", "muon", "adamw"]
 
 
 @pytest.mark.parametrize("override,message", [
@@ -41,6 +43,7 @@ def test_dotted_overrides_reach_nested_keys_and_list_items():
     ("train.stages.0.mask_ratio=1.0", r"train.stages.masked flow.mask_ratio.*expected in \[0, 1\)"),
     ("model.preset=huge", r"model.preset.*'huge'.*expected one of"),
     ("train.optimizer=sgd", r"train.optimizer.*'sgd'.*expected one of \('adamw', 'muon'\)"),
+    ("train.stages.2.optimizer=lion", r"train.stages.consistency.optimizer.*'lion'.*expected one of"),
     ("train.batch_size=30", r"train.batch_size.*a multiple of train.grad_accumulation_steps=4"),
     ("train.mixed_precision=no", r"'train.mixed_precision' must be of type str, got False \(YAML reads an unquoted no"),
     ("train.mixed_precision=fp8", r"train.mixed_precision.*'fp8'.*expected 'auto', 'no', 'bf16' or 'fp16'"),

@@ -56,6 +56,43 @@ def test_the_combined_optimizer_steps_like_torch_muon_and_adamw_and_keeps_their_
     assert all(resumed.state[p]["step"].item() == 1 for p in others)
 
 
+def test_a_stage_can_hand_the_matrices_to_adamw_afresh_and_back_to_muon():
+    torch.manual_seed(0)
+    matrices, others = [nn.Parameter(torch.randn(6, 4))], [nn.Parameter(torch.randn(5))]
+    ref_matrices, ref_others = ([nn.Parameter(p.detach().clone()) for p in group] for group in (matrices, others))
+    ours = MuonWithAdamW(matrices, others, lr=0.01, betas=(0.9, 0.99), weight_decay=0.1)
+    muon = torch.optim.Muon(ref_matrices, lr=0.01, weight_decay=0.1, adjust_lr_fn="match_rms_adamw")
+    adamw = torch.optim.AdamW(ref_others, lr=0.01, betas=(0.9, 0.99), weight_decay=0.1)
+    _quadratic_steps([ours], matrices + others, 2)
+    _quadratic_steps([muon, adamw], ref_matrices + ref_others, 2)
+    # The switch: the matrices start a fresh AdamW at the groups' learning rate; the others keep their moments.
+    ours.use_for_matrices("adamw", fresh=True)
+    matrices_adamw = torch.optim.AdamW(ref_matrices, lr=0.004, betas=(0.9, 0.99), weight_decay=0.1)
+    for optimizer in (ours, adamw):
+        for group in optimizer.param_groups:
+            group["lr"] = 0.004
+    assert "momentum_buffer" not in ours.state[matrices[0]]
+    _quadratic_steps([ours], matrices + others, 3, start=2)
+    _quadratic_steps([matrices_adamw, adamw], ref_matrices + ref_others, 3, start=2)
+    for a, b in zip(matrices + others, ref_matrices + ref_others, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert ours.state[matrices[0]]["step"].item() == 3 and ours.state[others[0]]["step"].item() == 5
+    # Its state dict carries the AdamW moments of the matrices, so a resumed stage goes on with them.
+    resumed = MuonWithAdamW(matrices, others, lr=0.5, betas=(0.9, 0.99), weight_decay=0.1)
+    resumed.load_state_dict(copy.deepcopy(ours.state_dict()))
+    resumed.use_for_matrices("adamw", fresh=False)
+    resumed.param_groups[0]["lr"] = resumed.param_groups[1]["lr"] = 0.004
+    _quadratic_steps([resumed], matrices + others, 1, start=5)
+    _quadratic_steps([matrices_adamw, adamw], ref_matrices + ref_others, 1, start=5)
+    torch.testing.assert_close(matrices[0], ref_matrices[0], rtol=0, atol=0)
+    # And back: Muon's momentum starts afresh.
+    resumed.use_for_matrices("muon", fresh=True)
+    muon = torch.optim.Muon(ref_matrices, lr=0.004, weight_decay=0.1, adjust_lr_fn="match_rms_adamw")
+    _quadratic_steps([resumed], matrices, 2, start=6)
+    _quadratic_steps([muon], ref_matrices, 2, start=6)
+    torch.testing.assert_close(matrices[0], ref_matrices[0], rtol=0, atol=0)
+
+
 def test_a_checkpoint_of_the_earlier_hand_written_muon_resumes_and_a_copy_keeps_its_halves_linked():
     torch.manual_seed(0)
     params = [nn.Parameter(torch.randn(6, 4)), nn.Parameter(torch.randn(5))]
@@ -121,3 +158,32 @@ def test_a_muon_run_lowers_the_loss_and_resumes_exactly(tmp_path, synthetic_data
         a = load_file(tmp_path / "whole" / "checkpoint-20" / name)
         b = load_file(tmp_path / "resumed" / "checkpoint-20" / name)
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
+
+
+def test_a_stage_that_trains_the_matrices_with_adamw_resumes_exactly_at_and_after_its_switch(tmp_path,
+                                                                                              synthetic_data):
+    stages = [{"name": "flow", "fraction": 0.5, "mask_ratio": 0.0, "learning_rate": 2e-3, "consistency": False},
+              {"name": "consistency", "fraction": 0.5, "mask_ratio": 0.0, "learning_rate": 2e-4, "optimizer": "adamw"}]
+
+    def run(folder):
+        train(load_config(default_config_path(), tiny_run_overrides(folder, synthetic_data, max_steps=20) + [
+            "train.optimizer=muon", f"train.stages={json.dumps(stages)}", "train.checkpoint_every=5",
+            "train.sample_every=100", "train.checkpoints_total_limit=4"]))
+
+    def matrix_state(checkpoint):  # the first group is Muon's: its first parameter is a block matrix
+        return torch.load(checkpoint / "optimizer.bin", weights_only=True)["state"][0]
+
+    run(tmp_path / "whole")
+    assert "momentum_buffer" in matrix_state(tmp_path / "whole" / "checkpoint-10")
+    switched = matrix_state(tmp_path / "whole" / "checkpoint-20")
+    assert "momentum_buffer" not in switched and switched["step"].item() == 10  # a fresh AdamW at step 10
+    for start in (10, 15):  # resumed where the stage begins, and inside it
+        folder = tmp_path / f"from-{start}"
+        shutil.copytree(tmp_path / "whole" / f"checkpoint-{start}", folder / f"checkpoint-{start}")
+        if start > 10:  # the stage's frozen teacher, exported when it began
+            shutil.copytree(tmp_path / "whole" / "teacher-10", folder / "teacher-10")
+        run(folder)
+        for name in ("model.safetensors", "ema.safetensors"):
+            a = load_file(tmp_path / "whole" / "checkpoint-20" / name)
+            b = load_file(folder / "checkpoint-20" / name)
+            assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), (start, name)

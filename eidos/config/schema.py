@@ -258,7 +258,11 @@ class StageConfig:
     short consistency stage is not averaged with the flow-phase weights before it.
     reset_optimizer: clear Adam's moments when this stage begins.
     start_from_ema: the stage begins from the EMA weights (the live weights take the average's values), so a
-    short consistency stage starts from the run's best flow model rather than from the noisier raw weights."""
+    short consistency stage starts from the run's best flow model rather than from the noisier raw weights.
+    optimizer: what updates the transformer blocks' weight matrices in this stage, "muon" or "adamw" (None: as
+    train.optimizer says); the other parameters stay with AdamW. Switching clears the matrices' optimizer state.
+    (Muon moves every singular direction of a matrix alike; for a short distillation stage AdamW's update may
+    suit better. Measured on the default's consistency stage in BENCHMARKS.md: no change beyond run-to-run noise.)"""
 
     name: str = "masked"
     fraction: float = 1.0
@@ -268,8 +272,11 @@ class StageConfig:
     restart_ema: bool = False
     reset_optimizer: bool = False
     start_from_ema: bool = False
+    optimizer: str | None = None
 
     def __post_init__(self) -> None:
+        _require(self.optimizer is None or self.optimizer in OPTIMIZERS, f"train.stages.{self.name}.optimizer",
+                 self.optimizer, f"one of {OPTIMIZERS} (or unset: train.optimizer)")
         _require(0 < self.fraction <= 1, f"train.stages.{self.name}.fraction", self.fraction, "in (0, 1]")
         _require(0 <= self.mask_ratio < 1, f"train.stages.{self.name}.mask_ratio", self.mask_ratio, "in [0, 1)")
         _require(math.isfinite(self.learning_rate) and self.learning_rate > 0,
@@ -350,6 +357,10 @@ class TrainConfig:
                  "'auto', 'no', 'bf16' or 'fp16'")
         _require(self.tracker in ("tensorboard", "wandb", "none"), "train.tracker", self.tracker,
                  "'tensorboard', 'wandb' or 'none'")
+
+    def stage_optimizers(self) -> list[str]:
+        """What updates the block matrices in each stage: the stage's optimizer, else train.optimizer."""
+        return [stage.optimizer or self.optimizer for stage in self.stages]
 
     def stage_steps(self) -> list[int]:
         """Optimizer steps per stage: max_steps split by the stages' fractions (the last takes the rest)."""

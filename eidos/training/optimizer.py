@@ -18,9 +18,10 @@ from eidos.config import TrainConfig
 
 
 def build_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
-    """The optimizer `cfg.optimizer` names, at the first stage's learning rate."""
+    """AdamW, or MuonWithAdamW when any stage updates the block matrices with Muon; at the first stage's learning
+    rate. The stepper sets which rule updates the matrices when a stage begins (`use_for_matrices`)."""
     lr = cfg.stages[0].learning_rate
-    if cfg.optimizer == "adamw":
+    if "muon" not in cfg.stage_optimizers():
         return torch.optim.AdamW(model.parameters(), lr=lr, betas=cfg.adam_betas, weight_decay=cfg.weight_decay,
                                  fused=device.type == "cuda")
     hidden = set(block_matrices(model))
@@ -40,17 +41,25 @@ def block_matrices(model: nn.Module) -> list[nn.Parameter]:
 class MuonWithAdamW(torch.optim.Optimizer):
     """`torch.optim.Muon` for `muon_params` (2-D) and `torch.optim.AdamW` for `adamw_params`, seen as one optimizer:
     its param_groups are the two optimizers' own group dicts and both keep their state in its one state, so
-    setting a group's learning rate, `state.clear()` and the state dict reach both."""
+    setting a group's learning rate, `state.clear()` and the state dict reach both.
+
+    `matrix_rule` "adamw" updates `muon_params` with AdamW instead (a stage's `optimizer`): each step a
+    torch.optim.AdamW over them, outside param_groups (a parameter may be in one group only), on the same
+    state and at the Muon group's learning rate."""
 
     def __init__(self, muon_params, adamw_params, lr: float, betas: tuple[float, float] = (0.9, 0.99),
                  weight_decay: float = 0.0, momentum: float = 0.95):
         muon_params, adamw_params = list(muon_params), list(adamw_params)
         self._parts: list[torch.optim.Optimizer] = []
+        self._muon = None
         if muon_params:
-            self._parts.append(torch.optim.Muon(muon_params, lr=lr, weight_decay=weight_decay, momentum=momentum,
-                                                adjust_lr_fn="match_rms_adamw"))
+            self._muon = torch.optim.Muon(muon_params, lr=lr, weight_decay=weight_decay, momentum=momentum,
+                                          adjust_lr_fn="match_rms_adamw")
+            self._parts.append(self._muon)
         if adamw_params:
             self._parts.append(torch.optim.AdamW(adamw_params, lr=lr, betas=betas, weight_decay=weight_decay))
+        self.matrix_rule = "muon"
+        self._adamw_options = {"betas": betas, "weight_decay": weight_decay}
         super().__init__([group for part in self._parts for group in part.param_groups], defaults={})
         self._share_groups_and_state()
 
@@ -60,8 +69,17 @@ class MuonWithAdamW(torch.optim.Optimizer):
             part.param_groups = [next(groups) for _ in part.param_groups]
             part.state = self.state
 
+    def use_for_matrices(self, rule: str, fresh: bool) -> None:
+        """Update the block matrices with `rule` ("muon" or "adamw") from now on; `fresh` clears their state (one
+        rule's moments mean nothing to the other)."""
+        self.matrix_rule = rule
+        if fresh and self._muon is not None:
+            for param in self._muon.param_groups[0]["params"]:
+                self.state.pop(param, None)
+
     def __getstate__(self) -> dict:
-        return {**super().__getstate__(), "_parts": self._parts}
+        return {**super().__getstate__(), "_parts": self._parts, "_muon": self._muon,
+                "matrix_rule": self.matrix_rule, "_adamw_options": self._adamw_options}
 
     def __setstate__(self, state: dict) -> None:
         super().__setstate__(state)  # load_state_dict comes here too, with new groups and state
@@ -78,6 +96,10 @@ class MuonWithAdamW(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         for part in self._parts:
+            if part is self._muon and self.matrix_rule == "adamw":
+                group = part.param_groups[0]
+                part = torch.optim.AdamW(group["params"], lr=group["lr"], **self._adamw_options)
+                part.state = self.state
             part.step()
         return loss
 

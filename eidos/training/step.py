@@ -17,6 +17,7 @@ from eidos.data.batch_order import EncodedBatch
 from eidos.objectives import FACMObjective
 from eidos.training.checkpoint import latest_checkpoint
 from eidos.training.faults import NonFiniteTraining
+from eidos.training.optimizer import MuonWithAdamW
 from eidos.training.schedule import ema_start, learning_rate, stage_start, step_seed
 from eidos.training.setup import Run
 from eidos.training.teacher import frozen_teacher
@@ -79,6 +80,9 @@ class Stepper:
         entering = run.state.step == start and run.state.step > 0
         if stage.reset_optimizer and entering:
             run.optimizer.state.clear()  # a fresh optimizer for this stage (DESIGN §3)
+        rules = run.config.train.stage_optimizers()
+        if isinstance(inner := getattr(run.optimizer, "optimizer", run.optimizer), MuonWithAdamW):
+            inner.use_for_matrices(rules[index], fresh=entering and rules[index] != rules[index - 1])
         if stage.start_from_ema and entering:  # after the teacher took the EMA weights of this moment
             run.ema.copy_to(run.model)
         if stage.restart_ema and entering:
@@ -86,8 +90,8 @@ class Stepper:
         self.stage_index = index
         self.ema_origin = ema_start(run.config, index)  # once per stage, not every step
         both = " (both branches)" if run.config.objective.pretrain_consistency_branch else ""
-        logger.info("stage %r from step %d: mask ratio %.2f, %s", stage.name, run.state.step, stage.mask_ratio,
-                    "consistency" if stage.consistency else f"flow{both}")
+        logger.info("stage %r from step %d: mask ratio %.2f, %s; block matrices with %s", stage.name, run.state.step,
+                    stage.mask_ratio, "consistency" if stage.consistency else f"flow{both}", rules[index])
 
     def _accumulate(self, batches: Iterator[EncodedBatch]) -> dict[str, torch.Tensor]:
         """Gradients of the step's micro-batches (synchronised across processes at the last one); the loss parts
