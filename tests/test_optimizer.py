@@ -27,14 +27,20 @@ def _quadratic_steps(optimizers, params, steps, start=0):
             optimizer.step()
 
 
-def test_the_combined_optimizer_steps_like_torch_muon_and_adamw_and_keeps_their_state_in_its_state_dict():
-    torch.manual_seed(0)
-    matrices = [nn.Parameter(torch.randn(6, 4)), nn.Parameter(torch.randn(4, 4))]
-    others = [nn.Parameter(torch.randn(5))]
+def _ours_and_torchs(matrices, others):
+    """MuonWithAdamW over the parameters, and torch's Muon and AdamW over copies of them, with the same settings."""
     ref_matrices, ref_others = ([nn.Parameter(p.detach().clone()) for p in group] for group in (matrices, others))
     ours = MuonWithAdamW(matrices, others, lr=0.01, betas=(0.9, 0.99), weight_decay=0.1)
     muon = torch.optim.Muon(ref_matrices, lr=0.01, weight_decay=0.1, adjust_lr_fn="match_rms_adamw")
     adamw = torch.optim.AdamW(ref_others, lr=0.01, betas=(0.9, 0.99), weight_decay=0.1)
+    return ours, (muon, adamw), (ref_matrices, ref_others)
+
+
+def test_the_combined_optimizer_steps_like_torch_muon_and_adamw_and_keeps_their_state_in_its_state_dict():
+    torch.manual_seed(0)
+    matrices = [nn.Parameter(torch.randn(6, 4)), nn.Parameter(torch.randn(4, 4))]
+    others = [nn.Parameter(torch.randn(5))]
+    ours, (muon, adamw), (ref_matrices, ref_others) = _ours_and_torchs(matrices, others)
     _quadratic_steps([ours], matrices + others, 3)
     _quadratic_steps([muon, adamw], ref_matrices + ref_others, 3)
     # A fresh optimizer loaded from the state dict (as a resumed run is) carries on identically, at the learning
@@ -59,10 +65,7 @@ def test_the_combined_optimizer_steps_like_torch_muon_and_adamw_and_keeps_their_
 def test_a_stage_can_hand_the_matrices_to_adamw_afresh_and_back_to_muon():
     torch.manual_seed(0)
     matrices, others = [nn.Parameter(torch.randn(6, 4))], [nn.Parameter(torch.randn(5))]
-    ref_matrices, ref_others = ([nn.Parameter(p.detach().clone()) for p in group] for group in (matrices, others))
-    ours = MuonWithAdamW(matrices, others, lr=0.01, betas=(0.9, 0.99), weight_decay=0.1)
-    muon = torch.optim.Muon(ref_matrices, lr=0.01, weight_decay=0.1, adjust_lr_fn="match_rms_adamw")
-    adamw = torch.optim.AdamW(ref_others, lr=0.01, betas=(0.9, 0.99), weight_decay=0.1)
+    ours, (muon, adamw), (ref_matrices, ref_others) = _ours_and_torchs(matrices, others)
     _quadratic_steps([ours], matrices + others, 2)
     _quadratic_steps([muon, adamw], ref_matrices + ref_others, 2)
     # The switch: the matrices start a fresh AdamW at the groups' learning rate; the others keep their moments.

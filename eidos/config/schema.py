@@ -261,8 +261,8 @@ class StageConfig:
     short consistency stage starts from the run's best flow model rather than from the noisier raw weights.
     optimizer: what updates the transformer blocks' weight matrices in this stage, "muon" or "adamw" (None: as
     train.optimizer says); the other parameters stay with AdamW. Switching clears the matrices' optimizer state.
-    (Muon moves every singular direction of a matrix alike; for a short distillation stage AdamW's update may
-    suit better. Measured on the default's consistency stage in BENCHMARKS.md: no change beyond run-to-run noise.)"""
+    (Muon moves every singular direction of a matrix alike, AdamW each weight by its own gradient history; on the
+    default's consistency stage AdamW changed nothing beyond run-to-run variation: BENCHMARKS.md.)"""
 
     name: str = "masked"
     fraction: float = 1.0
