@@ -43,9 +43,10 @@ class MuonWithAdamW(torch.optim.Optimizer):
     its param_groups are the two optimizers' own group dicts and both keep their state in its one state, so
     setting a group's learning rate, `state.clear()` and the state dict reach both.
 
-    `matrix_rule` "adamw" updates `muon_params` with AdamW instead (a stage's `optimizer`): each step a
-    torch.optim.AdamW over them, outside param_groups (a parameter may be in one group only), on the same
-    state and at the Muon group's learning rate."""
+    `matrix_rule` "adamw" updates `muon_params` with AdamW instead (a stage's `optimizer`): a torch.optim.AdamW
+    over them, outside param_groups (a parameter may be in one group only), on the same state and at the Muon
+    group's learning rate. It is built when first needed and not pickled (torch's AdamW would check the shared
+    state for its own keys on unpickling)."""
 
     def __init__(self, muon_params, adamw_params, lr: float, betas: tuple[float, float] = (0.9, 0.99),
                  weight_decay: float = 0.0, momentum: float = 0.95):
@@ -60,6 +61,7 @@ class MuonWithAdamW(torch.optim.Optimizer):
             self._parts.append(torch.optim.AdamW(adamw_params, lr=lr, betas=betas, weight_decay=weight_decay))
         self.matrix_rule = "muon"
         self._adamw_options = {"betas": betas, "weight_decay": weight_decay}
+        self._matrices_adamw: torch.optim.AdamW | None = None
         super().__init__([group for part in self._parts for group in part.param_groups], defaults={})
         self._share_groups_and_state()
 
@@ -68,6 +70,8 @@ class MuonWithAdamW(torch.optim.Optimizer):
         for part in self._parts:
             part.param_groups = [next(groups) for _ in part.param_groups]
             part.state = self.state
+        if self._matrices_adamw is not None:  # load_state_dict brings a new state
+            self._matrices_adamw.state = self.state
 
     def use_for_matrices(self, rule: str, fresh: bool) -> None:
         """Update the block matrices with `rule` ("muon" or "adamw") from now on; `fresh` clears their state (one
@@ -77,9 +81,18 @@ class MuonWithAdamW(torch.optim.Optimizer):
             for param in self._muon.param_groups[0]["params"]:
                 self.state.pop(param, None)
 
+    def _adamw_for_matrices(self) -> torch.optim.AdamW:
+        """The AdamW of the block matrices, on this optimizer's state, at the Muon group's current learning rate."""
+        group = self._muon.param_groups[0]
+        if self._matrices_adamw is None:
+            self._matrices_adamw = torch.optim.AdamW(group["params"], lr=group["lr"], **self._adamw_options)
+            self._matrices_adamw.state = self.state
+        self._matrices_adamw.param_groups[0]["lr"] = group["lr"]
+        return self._matrices_adamw
+
     def __getstate__(self) -> dict:
         return {**super().__getstate__(), "_parts": self._parts, "_muon": self._muon,
-                "matrix_rule": self.matrix_rule, "_adamw_options": self._adamw_options}
+                "matrix_rule": self.matrix_rule, "_adamw_options": self._adamw_options, "_matrices_adamw": None}
 
     def __setstate__(self, state: dict) -> None:
         super().__setstate__(state)  # load_state_dict comes here too, with new groups and state
@@ -97,9 +110,7 @@ class MuonWithAdamW(torch.optim.Optimizer):
                 loss = closure()
         for part in self._parts:
             if part is self._muon and self.matrix_rule == "adamw":
-                group = part.param_groups[0]
-                part = torch.optim.AdamW(group["params"], lr=group["lr"], **self._adamw_options)
-                part.state = self.state
+                part = self._adamw_for_matrices()
             part.step()
         return loss
 
