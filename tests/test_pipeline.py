@@ -94,6 +94,35 @@ def test_scheduler_path_equals_native_euler(guidance_scale):
     assert torch.allclose(via_scheduler, native, atol=1e-5)
 
 
+def test_sigmas_set_the_grid_of_either_sampler():
+    pipe = make_pipeline()
+    noise = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    prompts = ["red apple", "blue heart"]
+
+    def consistency(**kwargs):
+        return pipe(prompts, latents=noise, generator=torch.Generator().manual_seed(1), output_type="latent",
+                    **kwargs).images
+
+    # the uniform grid given as sigmas is the default N-step sampler, bit for bit
+    assert torch.equal(consistency(sigmas=[1.0, 0.5]), consistency(num_inference_steps=2))
+    sizes = count_forwards(pipe)
+    shifted = consistency(sigmas=[1.0, 0.7, 0.3])
+    assert sizes == [2] * 3  # one forward per noise level; num_inference_steps (1) unused
+    native = sample_consistency(pipe.transformer, noise, pipe.encode_prompt(prompts), times=[1.0, 0.7, 0.3],
+                                generator=torch.Generator().manual_seed(1))
+    assert torch.equal(shifted, native)
+    assert not torch.allclose(consistency(sigmas=[1.0, 0.7]), consistency(num_inference_steps=2), atol=1e-4)
+
+    def flow(**kwargs):
+        return pipe(prompts, latents=noise, sampler="flow", guidance_scale=2.0, output_type="latent", **kwargs).images
+
+    assert torch.equal(flow(sigmas=[1.0, 0.75, 0.5, 0.25]), flow(num_inference_steps=4))
+    grid = [1.0, 0.9, 0.6, 0.2]
+    euler = sample_flow_euler(pipe.transformer, noise, pipe.encode_prompt(prompts), guidance_scale=2.0,
+                              times=grid + [0.0])
+    assert torch.allclose(flow(sigmas=grid), euler, atol=1e-5)
+
+
 def test_per_image_generators_make_each_image_reproducible():
     pipe = make_pipeline()
     generators = [torch.Generator().manual_seed(s) for s in (5, 6)]
@@ -134,6 +163,10 @@ def test_long_and_odd_prompts(caplog):
     (dict(prompt="a", height=32), "16x16"),
     (dict(prompt="a", negative_prompt="b"), "sampler='flow'"),
     (dict(prompt="a", output_type="jpeg"), "output_type"),
+    (dict(prompt="a", sigmas=[0.5, 0.7]), r"strictly decreasing.*got \[0.5, 0.7\]"),
+    (dict(prompt="a", sigmas=[2.0, 1.0]), r"in \(0, 1\]"),
+    (dict(prompt="a", sampler="flow", sigmas=[1.0, 0.0]), r"in \(0, 1\]"),
+    (dict(prompt="a", sigmas=[]), "sigmas"),
     (dict(prompt="a", latents=torch.zeros(1, 3, 8, 8)), r"latents.*\(1, 3, 16, 16\)"),
 ])
 def test_bad_inputs_are_refused(kwargs, message):

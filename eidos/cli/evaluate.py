@@ -29,6 +29,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--inception-weights", help="local copy of the FID Inception weights (with --features "
                         "inception)")
     parser.add_argument("--consistency-steps", type=int, nargs="*", default=[1, 2, 4])
+    parser.add_argument("--consistency-sigmas", type=float, nargs="+", metavar="S",
+                        help="also score the consistency sampler stepping from these noise levels (from 1 down, "
+                             "e.g. 1 0.67; default grid of N steps: 1, 1 - 1/N, ..., 1/N)")
     parser.add_argument("--flow-steps", type=int, help="flow Euler steps (default sampling.flow_steps; 0 = none)")
     parser.add_argument("--guidance-scale", type=float, help="CFG of flow sampling (default sampling.guidance_scale)")
     parser.add_argument("--max-prompts", type=int, help="use the first N held-out captions (default: all)")
@@ -47,10 +50,13 @@ def run(args: argparse.Namespace) -> int:
     from eidos.cli.checks import check_device, load_user_config
     from eidos.config import default_config_path
     from eidos.evaluation.run import EvaluationSettings, evaluate_model
+    from eidos.sampling.solvers import check_sigmas
     from eidos.training.run_folder import CONFIG_FILE, resolve_model_folder, run_config_path
 
     if any(n < 1 for n in args.consistency_steps) or (args.flow_steps or 0) < 0:
         raise ValueError("--consistency-steps must be >= 1 and --flow-steps >= 0")
+    if args.consistency_sigmas is not None:
+        check_sigmas(args.consistency_sigmas)
     for flag in ("max_prompts", "images_per_prompt", "max_references", "batch_size"):
         value = getattr(args, flag)
         if value is not None and value < 1:
@@ -63,7 +69,8 @@ def run(args: argparse.Namespace) -> int:
                          f"data to evaluate on with --config (e.g. {default_config_path()} for OpenMoji)")
     config = load_user_config(config_path, args.overrides)  # validated before anything heavy loads
     settings = EvaluationSettings(
-        consistency_steps=args.consistency_steps, flow_steps=args.flow_steps, guidance_scale=args.guidance_scale,
+        consistency_steps=args.consistency_steps, consistency_sigmas=args.consistency_sigmas,
+        flow_steps=args.flow_steps, guidance_scale=args.guidance_scale,
         max_prompts=args.max_prompts, images_per_prompt=args.images_per_prompt, max_references=args.max_references,
         seed=args.seed, batch_size=args.batch_size, features=args.features,
         inception_weights=args.inception_weights, device=args.device)

@@ -27,6 +27,7 @@ class EvaluationSettings:
     """What `eidos eval` varies: sampler settings, sample sizes, seed, batch size, features and device."""
 
     consistency_steps: list[int]
+    consistency_sigmas: list[float] | None = None  # one more consistency row, on this grid of noise levels
     flow_steps: int | None = None  # None: the config's sampling.flow_steps; 0: no flow row
     guidance_scale: float | None = None  # None: the config's sampling.guidance_scale
     max_prompts: int | None = None  # None: every held-out caption
@@ -67,13 +68,18 @@ def evaluate_model(model_folder: Path, config: Config, settings: EvaluationSetti
     return evaluate(generators, prompts, reference, extractor)
 
 
-def sampler_settings(config: Config, settings: EvaluationSettings) -> dict[str, tuple[str, int, float]]:
-    """Row name -> (sampler, steps, guidance scale): each consistency step count, then flow Euler with CFG."""
+def sampler_settings(config: Config, settings: EvaluationSettings) -> dict[str, tuple]:
+    """Row name -> (sampler, steps, guidance scale, sigmas): each consistency step count, the consistency sampler
+    on `consistency_sigmas` if given, then flow Euler with CFG."""
     flow_steps = config.sampling.flow_steps if settings.flow_steps is None else settings.flow_steps
     guidance = config.sampling.guidance_scale if settings.guidance_scale is None else settings.guidance_scale
-    rows = {f"consistency {n} step{'s' * (n > 1)}": ("consistency", n, 1.0) for n in settings.consistency_steps}
+    rows = {f"consistency {n} step{'s' * (n > 1)}": ("consistency", n, 1.0, None)
+            for n in settings.consistency_steps}
+    if settings.consistency_sigmas:
+        sigmas = settings.consistency_sigmas
+        rows[f"consistency at s = {', '.join(f'{s:g}' for s in sigmas)}"] = ("consistency", len(sigmas), 1.0, sigmas)
     if flow_steps:
-        rows[f"flow {flow_steps} steps, CFG {guidance:g}"] = ("flow", flow_steps, guidance)
+        rows[f"flow {flow_steps} steps, CFG {guidance:g}"] = ("flow", flow_steps, guidance, None)
     return rows
 
 
@@ -87,7 +93,7 @@ def captioned_images(pipeline, encoded, indices: torch.Tensor, settings: Evaluat
 
 
 @torch.no_grad()
-def generate(pipeline, captions: list[str], sampler: str, steps: int, guidance: float,
+def generate(pipeline, captions: list[str], sampler: str, steps: int, guidance: float, sigmas: list[float] | None,
              settings: EvaluationSettings) -> torch.Tensor:
     """One image per caption (N, 3, H, W) uint8, the i-th from seed + i, in batches."""
     images = []
@@ -96,6 +102,6 @@ def generate(pipeline, captions: list[str], sampler: str, steps: int, guidance: 
         generators = [torch.Generator(device=settings.device).manual_seed(settings.seed + start + i)
                       for i in range(len(chunk))]
         out = pipeline(chunk, num_inference_steps=steps, sampler=sampler, guidance_scale=guidance,
-                       generator=generators, output_type="pt").images
+                       sigmas=sigmas, generator=generators, output_type="pt").images
         images.append(to_uint8(out).cpu())
     return torch.cat(images)

@@ -28,7 +28,7 @@ from eidos.batch import TextEmbeddings
 from eidos.encoders.codecs import decode, downsample_factor
 from eidos.encoders.text import encode_captions
 from eidos.model import MaskDiT
-from eidos.sampling.solvers import flow_times, sample_consistency, sample_flow_euler
+from eidos.sampling.solvers import check_sigmas, flow_times, sample_consistency, sample_flow_euler
 
 # Where an exported pipeline keeps the transformer's weights (diffusers' layout).
 TRANSFORMER_WEIGHTS = Path("transformer") / SAFETENSORS_WEIGHTS_NAME
@@ -59,13 +59,15 @@ class EidosPipeline(DiffusionPipeline):
         return decode(self.vae, latents)
 
     def check_inputs(self, prompts, negative_prompt, num_inference_steps, sampler, guidance_scale,
-                     num_images, generator, latents, height, width, output_type) -> None:
+                     num_images, generator, latents, height, width, output_type, sigmas=None) -> None:
         if not prompts:
             raise ValueError("`prompt` is an empty list; pass at least one prompt (\"\" is the unconditional one)")
         if not all(isinstance(p, str) for p in prompts):
             raise ValueError(f"`prompt` must be a string or a list of strings, got {prompts!r}")
         if num_inference_steps < 1:
             raise ValueError(f"`num_inference_steps` must be >= 1, got {num_inference_steps}")
+        if sigmas is not None:
+            check_sigmas(sigmas)
         if sampler not in SAMPLERS:
             raise ValueError(f"`sampler` must be one of {SAMPLERS}, got {sampler!r}")
         if not math.isfinite(guidance_scale) or guidance_scale < 1:
@@ -114,6 +116,7 @@ class EidosPipeline(DiffusionPipeline):
         width: int | None = None,
         output_type: str = "pil",
         return_dict: bool = True,
+        sigmas: list[float] | None = None,
     ) -> ImagePipelineOutput | tuple:
         """Generate images.
 
@@ -121,11 +124,14 @@ class EidosPipeline(DiffusionPipeline):
         this pipeline's FlowMatchEulerDiscreteScheduler, optional classifier-free guidance with
         `guidance_scale` > 1 and `negative_prompt`). A list of generators, one per image, makes every image
         reproducible on its own. output_type: "pil", "np" ((B, H, W, 3) floats in [0, 1]), "pt"
-        ((B, 3, H, W)) or "latent".
+        ((B, 3, H, W)) or "latent". `sigmas` (as in diffusers' flow pipelines): the noise levels s to step from,
+        strictly decreasing from at most 1; it sets the number of steps (num_inference_steps is then unused). The
+        consistency sampler jumps from each (default 1, 1 - 1/N, ..., 1/N); the flow sampler's scheduler takes
+        them as its grid before the final 0 (its shift, if configured, applies to them).
         """
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         self.check_inputs(prompts, negative_prompt, num_inference_steps, sampler, guidance_scale,
-                          num_images_per_prompt, generator, latents, height, width, output_type)
+                          num_images_per_prompt, generator, latents, height, width, output_type, sigmas)
         device = self._execution_device
         text = self.encode_prompt(prompts).repeat_interleave(num_images_per_prompt).to(device)
         batch = len(text)
@@ -136,13 +142,13 @@ class EidosPipeline(DiffusionPipeline):
 
         if sampler == "consistency":
             latents = sample_consistency(self.transformer, latents, text, num_steps=num_inference_steps,
-                                         generator=generator)
+                                         times=sigmas, generator=generator)
         else:
             negative_text = None
             if negative_prompt is not None:
                 negatives = [negative_prompt] * len(prompts) if isinstance(negative_prompt, str) else negative_prompt
                 negative_text = self.encode_prompt(negatives).repeat_interleave(num_images_per_prompt).to(device)
-            latents = self.flow_sample(latents, text, num_inference_steps, guidance_scale, negative_text)
+            latents = self.flow_sample(latents, text, num_inference_steps, guidance_scale, negative_text, sigmas)
 
         if output_type == "latent":
             images = latents
@@ -157,11 +163,13 @@ class EidosPipeline(DiffusionPipeline):
             return (images,)
         return ImagePipelineOutput(images=images)
 
-    def flow_sample(self, latents, text, num_steps, guidance_scale, negative_text) -> torch.Tensor:
-        """`sample_flow_euler` on the scheduler's grid (the uniform s = 1, 1 - 1/N, ..., 1/N, 0 after its shift)."""
-        self.scheduler.set_timesteps(sigmas=flow_times(num_steps)[:-1], device=latents.device)
+    def flow_sample(self, latents, text, num_steps, guidance_scale, negative_text, sigmas=None) -> torch.Tensor:
+        """`sample_flow_euler` on the scheduler's grid: `sigmas`, or the uniform s = 1, 1 - 1/N, ..., 1/N; then
+        the scheduler's shift, and the final 0."""
+        grid = flow_times(num_steps)[:-1] if sigmas is None else check_sigmas(sigmas)
+        self.scheduler.set_timesteps(sigmas=grid, device=latents.device)
         times = [float(s) for s in self.scheduler.sigmas]  # the scheduler appends the final 0
-        return sample_flow_euler(self.transformer, latents.float(), text, num_steps, guidance_scale, negative_text,
+        return sample_flow_euler(self.transformer, latents.float(), text, len(grid), guidance_scale, negative_text,
                                  times=times, progress=self.progress_bar)
 
 

@@ -19,6 +19,16 @@ def consistency_times(num_steps: int) -> list[float]:
     return [1 - k / num_steps for k in range(num_steps)]
 
 
+def check_sigmas(sigmas) -> list[float]:
+    """A user's grid of noise levels (diffusers' `sigmas`) as floats: strictly decreasing, in (0, 1]."""
+    values = [float(s) for s in sigmas]
+    decreasing = all(a > b for a, b in zip(values, values[1:], strict=False))
+    if not values or not decreasing or not all(0 < s <= 1 for s in values):
+        raise ValueError(f"sigmas must be strictly decreasing noise levels in (0, 1] (s = 1 is pure noise), "
+                         f"e.g. [1.0, 0.5]; got {list(sigmas)}")
+    return values
+
+
 def _full(value: float, like: torch.Tensor) -> torch.Tensor:
     return torch.full((like.shape[0],), value, device=like.device, dtype=at_least_float32(like).dtype)
 
