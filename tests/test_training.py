@@ -69,10 +69,10 @@ def test_rerunning_resumes_from_the_latest_checkpoint_exactly(run_dir, tmp_path,
 
 
 def test_sample_cli_is_deterministic_per_seed_and_prompt(run_dir, tmp_path):
-    def sample(name, prompt="red apple", seed=0, steps=1):
+    def sample(name, prompt="red apple", seed=0, steps=1, *extra):
         out = tmp_path / name
         code = main(["sample", "--checkpoint", str(run_dir), "--prompt", prompt, "--steps", str(steps),
-                     "--seed", str(seed), "--out", str(out)])
+                     "--seed", str(seed), "--out", str(out), *extra])
         assert code == 0
         return torch.from_numpy(np.asarray(Image.open(out))).float()
 
@@ -82,6 +82,8 @@ def test_sample_cli_is_deterministic_per_seed_and_prompt(run_dir, tmp_path):
     assert not torch.equal(a, sample("prompt.png", prompt="blue heart"))
     two_step = sample("two.png", steps=2)
     assert not torch.equal(a, two_step)
+    assert torch.equal(two_step, sample("sigmas.png", "red apple", 0, 1, "--sigmas", "1", "0.5"))  # its grid
+    assert not torch.equal(two_step, sample("shifted.png", "red apple", 0, 1, "--sigmas", "1", "0.8"))
     grid = tmp_path / "grid.png"
     assert main(["sample", "--checkpoint", str(run_dir), "--prompt", "red apple", "--prompt", "flag Germany",
                  "--num-seeds", "3", "--out", str(grid)]) == 0

@@ -68,7 +68,8 @@ def evaluate_model(model_folder: Path, config: Config, settings: EvaluationSetti
     return evaluate(generators, prompts, reference, extractor)
 
 
-def sampler_settings(config: Config, settings: EvaluationSettings) -> dict[str, tuple]:
+def sampler_settings(config: Config, settings: EvaluationSettings
+                     ) -> dict[str, tuple[str, int, float, list[float] | None]]:
     """Row name -> (sampler, steps, guidance scale, sigmas): each consistency step count, the consistency sampler
     on `consistency_sigmas` if given, then flow Euler with CFG."""
     flow_steps = config.sampling.flow_steps if settings.flow_steps is None else settings.flow_steps
