@@ -59,15 +59,13 @@ class EidosPipeline(DiffusionPipeline):
         return decode(self.vae, latents)
 
     def check_inputs(self, prompts, negative_prompt, num_inference_steps, sampler, guidance_scale,
-                     num_images, generator, latents, height, width, output_type, sigmas=None) -> None:
+                     num_images, generator, latents, height, width, output_type) -> None:
         if not prompts:
             raise ValueError("`prompt` is an empty list; pass at least one prompt (\"\" is the unconditional one)")
         if not all(isinstance(p, str) for p in prompts):
             raise ValueError(f"`prompt` must be a string or a list of strings, got {prompts!r}")
         if num_inference_steps < 1:
             raise ValueError(f"`num_inference_steps` must be >= 1, got {num_inference_steps}")
-        if sigmas is not None:
-            check_sigmas(sigmas)
         if sampler not in SAMPLERS:
             raise ValueError(f"`sampler` must be one of {SAMPLERS}, got {sampler!r}")
         if not math.isfinite(guidance_scale) or guidance_scale < 1:
@@ -131,7 +129,8 @@ class EidosPipeline(DiffusionPipeline):
         """
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         self.check_inputs(prompts, negative_prompt, num_inference_steps, sampler, guidance_scale,
-                          num_images_per_prompt, generator, latents, height, width, output_type, sigmas)
+                          num_images_per_prompt, generator, latents, height, width, output_type)
+        grid = None if sigmas is None else check_sigmas(sigmas)  # validated once, as floats
         device = self._execution_device
         text = self.encode_prompt(prompts).repeat_interleave(num_images_per_prompt).to(device)
         batch = len(text)
@@ -142,13 +141,13 @@ class EidosPipeline(DiffusionPipeline):
 
         if sampler == "consistency":
             latents = sample_consistency(self.transformer, latents, text, num_steps=num_inference_steps,
-                                         times=sigmas, generator=generator)
+                                         times=grid, generator=generator)
         else:
             negative_text = None
             if negative_prompt is not None:
                 negatives = [negative_prompt] * len(prompts) if isinstance(negative_prompt, str) else negative_prompt
                 negative_text = self.encode_prompt(negatives).repeat_interleave(num_images_per_prompt).to(device)
-            latents = self.flow_sample(latents, text, num_inference_steps, guidance_scale, negative_text, sigmas)
+            latents = self.flow_sample(latents, text, num_inference_steps, guidance_scale, negative_text, grid)
 
         if output_type == "latent":
             images = latents
@@ -164,9 +163,9 @@ class EidosPipeline(DiffusionPipeline):
         return ImagePipelineOutput(images=images)
 
     def flow_sample(self, latents, text, num_steps, guidance_scale, negative_text, sigmas=None) -> torch.Tensor:
-        """`sample_flow_euler` on the scheduler's grid: `sigmas`, or the uniform s = 1, 1 - 1/N, ..., 1/N; then
-        the scheduler's shift, and the final 0."""
-        grid = flow_times(num_steps)[:-1] if sigmas is None else check_sigmas(sigmas)
+        """`sample_flow_euler` on the scheduler's grid: `sigmas` (checked floats), or the uniform s = 1, 1 - 1/N,
+        ..., 1/N; then the scheduler's shift, and the final 0."""
+        grid = flow_times(num_steps)[:-1] if sigmas is None else sigmas
         self.scheduler.set_timesteps(sigmas=grid, device=latents.device)
         times = [float(s) for s in self.scheduler.sigmas]  # the scheduler appends the final 0
         return sample_flow_euler(self.transformer, latents.float(), text, len(grid), guidance_scale, negative_text,
