@@ -105,6 +105,27 @@ def test_a_fine_tune_starts_at_step_zero_with_a_fresh_optimizer_and_records_its_
     assert load_config(run / "config.yaml").train.init_from == str(source / "model")  # the record is not a setting
 
 
+def test_a_fine_tune_whose_first_stage_starts_from_the_ema_starts_from_the_sources_ema(source, synthetic_data,
+                                                                                     tmp_path):
+    """A checkpoint holds raw weights and their EMA. A first stage with start_from_ema (the default's consistency
+    stage, as a fine-tune) must take the EMA at step 0; a learning rate too small to move the weights shows it."""
+    run = tmp_path / "ft"
+    stages = json.dumps([{"name": "consistency", "fraction": 1.0, "mask_ratio": 0.0, "learning_rate": 1e-12,
+                          "restart_ema": True, "start_from_ema": True}])
+    train(load_config(FINETUNE, finetune_overrides(run, synthetic_data, source / "checkpoint-10", 2,
+                                                   f"train.stages={stages}")))
+    averaged = load_file(source / "checkpoint-10" / "ema.safetensors")
+    raw = {k.removeprefix("model."): v for k, v in load_file(source / "checkpoint-10" / "model.safetensors").items()}
+    trained = {k.removeprefix("model."): v for k, v in load_file(run / "checkpoint-2" / "model.safetensors").items()}
+    teacher = load_file(run / "teacher-0" / "transformer" / "diffusion_pytorch_model.safetensors")
+
+    def farthest(a, b):
+        return max(float((a[k].float() - b[k].float()).abs().max()) for k in b)
+
+    assert farthest(trained, averaged) < 1e-6 and farthest(teacher, averaged) < 1e-6
+    assert farthest(raw, averaged) > 1e-3  # the two differ: the test can tell which one the stage started from
+
+
 def test_rerunning_a_fine_tune_resumes_exactly_without_reading_the_source_again(source, synthetic_data, tmp_path):
     """Run 20 steps (flow, then a frozen-teacher consistency stage from step 8), drop the checkpoint of step 20
     as if the run had stopped at step 10, move the source away, rerun the same command: bit-identical state."""

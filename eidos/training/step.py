@@ -77,12 +77,14 @@ class Stepper:
                                      run.export)
         self.objective = FACMObjective(run.config.objective, patch_size=run.model.config.patch_size,
                                        mask_ratio=stage.mask_ratio, consistency=stage.consistency, teacher=teacher)
-        entering = run.state.step == start and run.state.step > 0
+        # At step 0 too: a fine-tune (train.init_from) whose first stage starts from the EMA or restarts it must do
+        # so from its source's weights; in a fresh run these are no-ops (the EMA equals the new weights).
+        entering = run.state.step == start
         if stage.reset_optimizer and entering:
             run.optimizer.state.clear()  # a fresh optimizer for this stage (DESIGN §3)
         rules = run.config.train.stage_optimizers()
         if isinstance(inner := getattr(run.optimizer, "optimizer", run.optimizer), MuonWithAdamW):
-            inner.use_for_matrices(rules[index], fresh=entering and rules[index] != rules[index - 1])
+            inner.use_for_matrices(rules[index], fresh=entering and index > 0 and rules[index] != rules[index - 1])
         if stage.start_from_ema and entering:  # after the teacher took the EMA weights of this moment
             run.ema.copy_to(run.model)
         if stage.restart_ema and entering:
