@@ -9,6 +9,7 @@ import sys
 
 from eidos import __version__
 from eidos.cli import data, evaluate, export, sample, serve, train
+from eidos.cli.allocator import keep_freed_memory_for_reuse
 
 COMMANDS = {"train": train, "sample": sample, "eval": evaluate, "export": export, "data": data, "serve": serve}
 DEBUG_HELP = "on an error, print the full traceback (also EIDOS_DEBUG=1)"
@@ -64,6 +65,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger(__name__).info("malloc: %s", keep_freed_memory_for_reuse())
     debug = getattr(args, "debug", False) or os.environ.get("EIDOS_DEBUG", "") not in ("", "0")
     try:
         return COMMANDS[args.command].run(args)
