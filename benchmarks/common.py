@@ -1,10 +1,15 @@
-"""Shared helpers of the benchmark scripts: timing with medians, a markdown table, the machine's name."""
+"""Shared helpers of the benchmark scripts: timing with medians, a markdown table, the machine's name, and the
+command line of the synthetic image sets."""
 
 from __future__ import annotations
 
+import argparse
 import platform
+import random
 import statistics
 import time
+from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
@@ -52,3 +57,27 @@ def timed_step(step, device: torch.device, repeats: int) -> tuple[float, float]:
         return float("nan"), float("nan")
     peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else float("nan")
     return seconds, peak
+
+
+def write_image_set(description: str, prefix: str, draw: Callable[[random.Random, int], tuple]) -> None:
+    """The command of a synthetic image set (--out, --images, --held-out, --size, --seed): `draw(rng, size)`'s
+    (PIL image, caption) pairs written as OUT/held_out (the first --held-out) and OUT/train image folders of
+    {prefix}-{index}.png with {stem}.txt caption sidecars, the input of `eidos data shards --images`."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--out", required=True, type=Path)
+    parser.add_argument("--images", type=int, default=2000)
+    parser.add_argument("--held-out", type=int, default=100, help="images written to OUT/held_out")
+    parser.add_argument("--size", type=int, default=64, help="image side in pixels")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    if args.out.exists() and any(args.out.iterdir()):
+        raise SystemExit(f"{args.out} is not empty; choose a new folder")
+    for split in ("train", "held_out"):
+        (args.out / split).mkdir(parents=True, exist_ok=True)
+    rng = random.Random(args.seed)
+    for index in range(args.images):
+        image, caption = draw(rng, args.size)
+        stem = args.out / ("held_out" if index < args.held_out else "train") / f"{prefix}-{index:05d}"
+        image.save(stem.with_suffix(".png"))
+        stem.with_suffix(".txt").write_text(caption)
+    print(f"wrote {args.images} images with captions to {args.out} ({args.held_out} in held_out/)")

@@ -6,18 +6,19 @@ shifted; the caption says all of it, e.g. "red bold serif capital letter G on li
 image folders, OUT/train and OUT/held_out (the first --held-out images), with {stem}.txt caption sidecars: the
 input of the generic `eidos data shards --images` path.
 
-    python benchmarks/glyph_set.py --out /tmp/glyphs --images 2000 --held-out 100
+    python -m benchmarks.glyph_set --out /tmp/glyphs --images 2000 --held-out 100
 """
 
 from __future__ import annotations
 
-import argparse
+import functools
 import random
 import string
 import subprocess
-from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
+
+from benchmarks.common import write_image_set
 
 STYLES = {  # fontconfig pattern -> words of the caption
     "DejaVu Sans:style=Book": "sans",
@@ -32,6 +33,7 @@ FOREGROUNDS = {"red": (220, 40, 40), "green": (40, 160, 60), "blue": (40, 70, 21
                "purple": (130, 50, 170), "black": (20, 20, 20), "teal": (20, 150, 150), "brown": (120, 70, 30)}
 BACKGROUNDS = {"white": (250, 250, 250), "light yellow": (250, 240, 190), "light blue": (200, 225, 250),
                "light grey": (215, 215, 215)}
+CHARS = string.ascii_uppercase + string.ascii_lowercase + string.digits
 
 
 def glyph_name(char: str) -> str:
@@ -40,6 +42,7 @@ def glyph_name(char: str) -> str:
     return f"{'capital' if char.isupper() else 'small'} letter {char}"
 
 
+@functools.cache
 def font_file(pattern: str) -> str:
     """The font file fontconfig resolves for `pattern`; refuses a fallback to another family."""
     found = subprocess.run(["fc-match", "-f", "%{file}|%{family}", pattern], capture_output=True, text=True,
@@ -61,31 +64,13 @@ def render(char: str, font: ImageFont.FreeTypeFont, fg, bg, rng: random.Random, 
     return image
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", required=True, type=Path)
-    parser.add_argument("--images", type=int, default=2000)
-    parser.add_argument("--held-out", type=int, default=100, help="images written to OUT/held_out")
-    parser.add_argument("--size", type=int, default=64, help="image side in pixels")
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
-    if args.out.exists() and any(args.out.iterdir()):
-        raise SystemExit(f"{args.out} is not empty; choose a new folder")
-    for split in ("train", "held_out"):
-        (args.out / split).mkdir(parents=True, exist_ok=True)
-    rng = random.Random(args.seed)
-    fonts = {pattern: font_file(pattern) for pattern in STYLES}
-    chars = string.ascii_uppercase + string.ascii_lowercase + string.digits
-    for index in range(args.images):
-        char, pattern = rng.choice(chars), rng.choice(list(STYLES))
-        fg_name, bg_name = rng.choice(list(FOREGROUNDS)), rng.choice(list(BACKGROUNDS))
-        font = ImageFont.truetype(fonts[pattern], int(args.size * rng.uniform(0.55, 0.75)))
-        image = render(char, font, FOREGROUNDS[fg_name], BACKGROUNDS[bg_name], rng, args.size)
-        stem = args.out / ("held_out" if index < args.held_out else "train") / f"glyph-{index:05d}"
-        image.save(stem.with_suffix(".png"))
-        stem.with_suffix(".txt").write_text(f"{fg_name} {STYLES[pattern]} {glyph_name(char)} on {bg_name}")
-    print(f"wrote {args.images} images with captions to {args.out} ({args.held_out} in held_out/)")
+def draw_glyph(rng: random.Random, size: int) -> tuple[Image.Image, str]:
+    char, pattern = rng.choice(CHARS), rng.choice(list(STYLES))
+    fg_name, bg_name = rng.choice(list(FOREGROUNDS)), rng.choice(list(BACKGROUNDS))
+    font = ImageFont.truetype(font_file(pattern), int(size * rng.uniform(0.55, 0.75)))
+    image = render(char, font, FOREGROUNDS[fg_name], BACKGROUNDS[bg_name], rng, size)
+    return image, f"{fg_name} {STYLES[pattern]} {glyph_name(char)} on {bg_name}"
 
 
 if __name__ == "__main__":
-    main()
+    write_image_set(__doc__.splitlines()[0], "glyph", draw_glyph)

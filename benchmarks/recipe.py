@@ -11,7 +11,8 @@
     python -m benchmarks.recipe --out /tmp/recipe                       # OpenMoji, the default config
     python -m benchmarks.recipe --out /tmp/r --seeds 0 1 2              # three training seeds, and their mean
     python -m benchmarks.recipe --out /tmp/recipe --images-per-prompt 5   # the same runs, 5 eval rounds
-    python -m benchmarks.recipe --out /tmp/g --glyphs                   # the second image set (glyph_set.py)
+    python -m benchmarks.recipe --out /tmp/g --image-set glyphs         # the second image set (glyph_set.py)
+    python -m benchmarks.recipe --out /tmp/s --image-set shapes         # the third (shape_set.py): layouts
     python -m benchmarks.recipe --out /tmp/a --recipe objective.consistency_teacher=sample   # an ablation
     python -m benchmarks.recipe --out /tmp/p --peer train.optimizer=adamw   # the peer with AdamW, not Muon
     python -m benchmarks.recipe --out $OUT/gpu --config configs/openmoji-gpu.yaml --fit-minutes 7   # on a GPU
@@ -51,7 +52,9 @@ def peer_overrides(config_path: str | None, recipe: list[str]) -> list[str]:
     learning_rate = load_config(config_path or default_config_path(), recipe).train.stages[0].learning_rate
     stage = {"name": "flow", "fraction": 1.0, "mask_ratio": 0.0, "learning_rate": learning_rate, "consistency": False}
     return [*PEER, f"train.stages={json.dumps([stage])}"]
-GLYPH_IMAGES, GLYPH_HELD_OUT = 2000, 100
+# The synthetic image sets built through the generic path: --image-set NAME -> (module, file prefix).
+IMAGE_SETS = {"glyphs": ("benchmarks.glyph_set", "glyph"), "shapes": ("benchmarks.shape_set", "shapes")}
+SET_IMAGES, SET_HELD_OUT = 2000, 100
 
 
 def eidos(*args: str, log: Path) -> float:
@@ -65,14 +68,16 @@ def eidos(*args: str, log: Path) -> float:
     return time.monotonic() - start
 
 
-def glyph_config(out: Path) -> list[str]:
-    """Build the glyph set through the generic path (folders -> shards -> HDF5 caches); the data overrides."""
-    images, caches = out / "glyph-images", out / "glyph-cache"
+def image_set_config(out: Path, name: str) -> list[str]:
+    """Build the image set `name` through the generic path (folders -> shards -> HDF5 caches); the data
+    overrides."""
+    module, prefix = IMAGE_SETS[name]
+    images, caches = out / f"{prefix}-images", out / f"{prefix}-cache"
     if not (caches / "held_out").is_dir():
-        subprocess.run([sys.executable, str(Path(__file__).with_name("glyph_set.py")), "--out", str(images),
-                        "--images", str(GLYPH_IMAGES), "--held-out", str(GLYPH_HELD_OUT)], check=True)
+        subprocess.run([sys.executable, "-m", module, "--out", str(images), "--images", str(SET_IMAGES),
+                        "--held-out", str(SET_HELD_OUT)], check=True, cwd=Path(__file__).parents[1])
         for split in ("train", "held_out"):
-            shards = out / "glyph-shards" / split
+            shards = out / f"{prefix}-shards" / split
             eidos("data", "shards", "--images", str(images / split), "--out", str(shards), log=out / f"{split}.log")
             eidos("data", "encode", "--shards", str(shards / "*.tar"), "--out", str(caches / split), "--codec",
                   "pixels", "--resolution", "32", log=out / f"{split}.encode.log")
@@ -206,7 +211,11 @@ def main() -> None:
     parser.add_argument("--recipe", nargs="*", default=[], help="overrides of the recipe run")
     parser.add_argument("--peer", nargs="*", default=[],
                         help="overrides of the peer run, after the peer's own (e.g. train.optimizer=adamw)")
-    parser.add_argument("--glyphs", action="store_true", help="train on the glyph set instead of the config's data")
+    parser.add_argument("--image-set", choices=sorted(IMAGE_SETS),
+                        help="train on a synthetic image set instead of the config's data: glyphs (glyph_set.py), "
+                        "shapes (shape_set.py)")
+    parser.add_argument("--glyphs", dest="image_set", action="store_const", const="glyphs",
+                        help="the same as --image-set glyphs")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0],
                         help="training seeds; each trains the recipe and its peer in OUT/seed-S (default: 0)")
     parser.add_argument("--fit-minutes", type=float, help="size train.max_steps to about this many minutes here")
@@ -217,9 +226,9 @@ def main() -> None:
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     check_same_runs(args.out, {"config": args.config, "recipe": args.recipe, "peer": args.peer,
-                               "glyphs": args.glyphs, "fit_minutes": args.fit_minutes})
+                               "image_set": args.image_set, "fit_minutes": args.fit_minutes})
     flow_nfe = 2 * args.flow_steps if args.guidance_scale != 1 else args.flow_steps
-    data = glyph_config(args.out) if args.glyphs else []
+    data = image_set_config(args.out, args.image_set) if args.image_set else []
     max_steps = []
     if args.fit_minutes:  # one probe for all seeds: the same budget for each
         run_args = (["--config", args.config] if args.config else []) + data + args.recipe
@@ -231,7 +240,7 @@ def main() -> None:
         results, recipe_minutes, peer_minutes = run_seed(args, seed, args.out / f"seed-{seed}", data, max_steps)
         per_seed.append(table_rows(results, flow_nfe))
         print(f"\n{machine()}; training minutes: recipe {recipe_minutes:.1f}, peer {peer_minutes:.1f}; seed {seed}; "
-              f"{'glyphs' if args.glyphs else 'config data'}; recipe overrides {args.recipe or 'none'}; peer "
+              f"{args.image_set or 'config data'}; recipe overrides {args.recipe or 'none'}; peer "
               f"overrides {args.peer or 'none'}\n")
         print_table(per_seed[-1])
     if len(per_seed) > 1:
