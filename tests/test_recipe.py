@@ -366,6 +366,37 @@ def test_the_benchmark_averages_each_row_over_training_seeds():
     assert row["top-1 std"] == 0 and "frechet std" not in over_seeds(seeds)["real held-out"][1]
 
 
+def test_the_shape_sets_captions_name_where_each_shape_is():
+    """benchmarks/shape_set.py: each shape's pixels (its colour) lie in the grid cell its caption names, and a
+    large shape covers more of the image than any small one of the same kind."""
+    import random
+    import re
+
+    import numpy as np
+
+    from benchmarks.glyph_set import FOREGROUNDS
+    from benchmarks.shape_set import POSITIONS, draw_shapes
+
+    rng, areas = random.Random(3), {}
+    for _ in range(80):
+        image, caption = draw_shapes(rng, 96)
+        pixels = np.asarray(image, dtype=np.int32)
+        named = re.findall(r"a (small|large) (\w+) (\w+) at ([a-z ]+?)(?= and | on )", caption)
+        assert named and caption.startswith("a "), caption
+        if len({colour for _, colour, _, _ in named}) < len(named):
+            continue  # two shapes of one colour: their pixels cannot be told apart
+        for size, colour, shape, position in named:
+            near = np.abs(pixels - np.array(FOREGROUNDS[colour])).sum(-1) < 30
+            rows, columns = np.nonzero(near)
+            assert (int(columns.mean() * 3 / 96), int(rows.mean() * 3 / 96)) == POSITIONS[position], caption
+            areas.setdefault((shape, size), []).append(near.mean())
+    shapes = {shape for shape, _ in areas}
+    assert len(areas) >= 12
+    for shape in shapes:
+        if (shape, "small") in areas and (shape, "large") in areas:
+            assert min(areas[shape, "large"]) > max(areas[shape, "small"]), shape
+
+
 def test_train_names_the_exported_teacher_when_it_finishes(tmp_path, synthetic_data, capsys):
     """The default's stages (masked flow, flow, consistency) on a tiny run: the teacher is exported when the
     consistency stage begins, loads as a pipeline, and `eidos train` says where it is."""
