@@ -52,6 +52,8 @@ def peer_overrides(config_path: str | None, recipe: list[str]) -> list[str]:
     learning_rate = load_config(config_path or default_config_path(), recipe).train.stages[0].learning_rate
     stage = {"name": "flow", "fraction": 1.0, "mask_ratio": 0.0, "learning_rate": learning_rate, "consistency": False}
     return [*PEER, f"train.stages={json.dumps([stage])}"]
+
+
 # The synthetic image sets built through the generic path: --image-set NAME -> (module, file prefix).
 IMAGE_SETS = {"glyphs": ("benchmarks.glyph_set", "glyph"), "shapes": ("benchmarks.shape_set", "shapes")}
 SET_IMAGES, SET_HELD_OUT = 2000, 100
