@@ -83,11 +83,11 @@ def describe(items: list[tuple[str, str, str, str]], background: str) -> str:
 
 
 def draw_shapes(rng: random.Random, size: int) -> tuple[Image.Image, str]:
-    """One or two shapes at different positions, in colours other than the background's."""
+    """One or two shapes at different positions (the foreground colours all differ from the light backgrounds)."""
     background = rng.choice(list(BACKGROUNDS))
     positions = rng.sample(list(POSITIONS), rng.choice((1, 2)))
-    colours = [name for name in FOREGROUNDS if FOREGROUNDS[name] != BACKGROUNDS[background]]
-    items = [(rng.choice(list(SIZES)), rng.choice(colours), rng.choice(SHAPES), position) for position in positions]
+    items = [(rng.choice(list(SIZES)), rng.choice(list(FOREGROUNDS)), rng.choice(SHAPES), position)
+             for position in positions]
     return render(items, background, rng, size), describe(items, background)
 
 
