@@ -30,13 +30,10 @@ SUPERSAMPLE = 4  # drawn at 4x and downsampled: smooth edges
 
 def polygon(cx: float, cy: float, radius: float, corners: int, turn: float, inner: float = 1.0) -> list[tuple]:
     """Corners of a regular polygon (or, with `inner` < 1, a star alternating radius and inner * radius)."""
-    points = []
     count = corners * (2 if inner < 1 else 1)
-    for k in range(count):
-        r = radius * (inner if k % 2 else 1.0) if inner < 1 else radius
-        angle = turn + 2 * math.pi * k / count - math.pi / 2
-        points.append((cx + r * math.cos(angle), cy + r * math.sin(angle)))
-    return points
+    radii = [radius * (inner if k % 2 else 1.0) for k in range(count)]
+    angles = [turn + 2 * math.pi * k / count - math.pi / 2 for k in range(count)]
+    return [(cx + r * math.cos(a), cy + r * math.sin(a)) for r, a in zip(radii, angles, strict=True)]
 
 
 def draw_shape(draw: ImageDraw.ImageDraw, shape: str, cx: float, cy: float, radius: float, colour,

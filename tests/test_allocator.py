@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from eidos.cli.allocator import keep_freed_memory_for_reuse
+from eidos.cli.allocator import keep_freed_memory_for_reuse, users_allocator_settings
 
 # Five 20 MiB blocks allocated, touched and freed, five times: the page faults of the last three rounds.
 PROBE = """
@@ -30,9 +30,8 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 
 
 def page_faults(mode: str) -> int:
-    env = {name: value for name, value in os.environ.items() if not name.startswith("MALLOC_")}
-    env.pop("LD_PRELOAD", None)
-    env.pop("GLIBC_TUNABLES", None)
+    chosen = users_allocator_settings(os.environ)
+    env = {name: value for name, value in os.environ.items() if name not in chosen}
     done = subprocess.run([sys.executable, "-c", PROBE, mode], env=env, capture_output=True, text=True, check=True)
     return int(done.stdout.strip())
 

@@ -28,12 +28,16 @@ LARGEST_MMAP_THRESHOLD = 32 * 1024 * 1024  # glibc's cap on 64-bit machines (HEA
 NEVER_TRIM = 2**31 - 1  # the largest int mallopt takes
 
 
+def users_allocator_settings(environ) -> list[str]:
+    """The environment variables by which a user chose an allocator or its settings themselves."""
+    return [name for name in environ if name in ("LD_PRELOAD", "GLIBC_TUNABLES") or name.startswith("MALLOC_")]
+
+
 def keep_freed_memory_for_reuse() -> str:
     """Set glibc's malloc to keep freed blocks up to 32 MiB for reuse; says what it did, or why not."""
     if not sys.platform.startswith("linux"):
         return "left as is: not Linux"
-    chosen = [name for name in os.environ if name in ("LD_PRELOAD", "GLIBC_TUNABLES") or name.startswith("MALLOC_")]
-    if chosen:
+    if chosen := users_allocator_settings(os.environ):
         return f"left as is: {', '.join(sorted(chosen))} set"
     try:
         libc = ctypes.CDLL("libc.so.6")
