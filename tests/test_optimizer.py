@@ -1,5 +1,5 @@
 """`train.optimizer`: torch's Muon and AdamW as one optimizer (state dict, learning rate, reset), Muon's update
-size, and a Muon run that learns and resumes exactly."""
+size, its batched Newton-Schulz iterations in the run's precision, and a Muon run that learns and resumes exactly."""
 
 import copy
 import json
@@ -13,7 +13,9 @@ from torch import nn
 
 from eidos.config import default_config_path, load_config
 from eidos.training.loop import train
+from eidos.training.muon import BatchedMuon, newton_schulz
 from eidos.training.optimizer import MuonWithAdamW, block_matrices
+from eidos.training.setup import set_up
 from tests.conftest import make_tiny_model, tiny_run_overrides
 
 
@@ -190,3 +192,75 @@ def test_a_stage_that_trains_the_matrices_with_adamw_resumes_exactly_at_and_afte
             a = load_file(tmp_path / "whole" / "checkpoint-20" / name)
             b = load_file(folder / "checkpoint-20" / name)
             assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), (start, name)
+
+
+JORDAN = (3.4445, -4.775, 2.0315)
+
+
+def _newton_schulz_one_by_one(matrix: torch.Tensor, steps: int = 5) -> torch.Tensor:
+    """The quintic iteration written out for one matrix, in float64 (the reference)."""
+    a, b, c = JORDAN
+    x = matrix.double()
+    x = x.T if x.shape[0] > x.shape[1] else x
+    x = x / x.norm()
+    for _ in range(steps):
+        gram = x @ x.T
+        x = a * x + (b * gram + c * gram @ gram) @ x
+    return x.T if matrix.shape[0] > matrix.shape[1] else x
+
+
+def test_batched_newton_schulz_orthogonalises_each_matrix_like_the_iteration_written_out_for_one():
+    torch.manual_seed(0)
+    for shape in ((3, 24, 8), (2, 8, 24), (4, 16, 16)):  # tall, wide, square
+        matrices = torch.randn(shape)
+        batched = newton_schulz(matrices, JORDAN, 5, 1e-7, torch.float32)
+        assert batched.shape == shape and batched.dtype == torch.float32
+        for one, result in zip(matrices, batched, strict=True):
+            torch.testing.assert_close(result.double(), _newton_schulz_one_by_one(one), rtol=0, atol=2e-5)
+            # Near-orthogonal, with the input's singular directions: U V^T of the input, up to the spread of the
+            # singular values the quintic leaves (its coefficients trade exactness for speed).
+            singular = torch.linalg.svdvals(result)
+            assert singular.min() > 0.6 and singular.max() < 1.25, singular
+            u, _, vh = torch.linalg.svd(one, full_matrices=False)
+            assert torch.nn.functional.cosine_similarity((u @ vh).flatten(), result.flatten(), dim=0) > 0.98
+    in_bf16 = newton_schulz(torch.randn(2, 8, 24), JORDAN, 5, 1e-7, torch.bfloat16)
+    assert in_bf16.dtype == torch.bfloat16
+
+
+def test_batched_muon_steps_like_torch_muon_in_bf16_and_closer_to_exact_in_float32():
+    torch.manual_seed(0)
+    shapes = [(6, 4), (6, 4), (4, 6), (8, 8), (16, 48)]  # two of one shape: one batch of iterations
+    start = [torch.randn(shape, dtype=torch.float64) for shape in shapes]
+    options = {"lr": 0.01, "weight_decay": 0.1, "adjust_lr_fn": "match_rms_adamw"}
+
+    def trained(make, dtype=torch.float32):
+        params = [nn.Parameter(p.to(dtype)) for p in start]
+        _quadratic_steps([make(params)], params, 4)
+        return params
+
+    torch_muon = trained(lambda ps: torch.optim.Muon(ps, **options))
+    ours_bf16 = trained(lambda ps: BatchedMuon(ps, **options))
+    for a, b in zip(ours_bf16, torch_muon, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)  # torch's algorithm, to the bit
+    # Float32 iterations land far nearer the exact trajectory (everything in float64) than bf16 ones.
+    ours_float32 = trained(lambda ps: BatchedMuon(ps, newton_schulz_dtype=torch.float32, **options))
+    exact = trained(lambda ps: BatchedMuon(ps, newton_schulz_dtype=torch.float64, **options), torch.float64)
+    for in_float32, in_bf16, reference in zip(ours_float32, torch_muon, exact, strict=True):
+        error_float32 = (in_float32.double() - reference).abs().max()
+        error_bf16 = (in_bf16.double() - reference).abs().max()
+        assert error_float32 < 0.02 * error_bf16, (error_float32, error_bf16)
+    restored = copy.deepcopy(BatchedMuon([nn.Parameter(torch.randn(4, 4))], newton_schulz_dtype=torch.float32))
+    assert restored.newton_schulz_dtype == torch.float32  # copies and pickles keep the precision
+
+
+@pytest.mark.parametrize("precision, expected", [("no", torch.float32), ("bf16", torch.bfloat16)])
+def test_a_run_orthogonalises_in_the_precision_it_trains_in(tmp_path, synthetic_data, precision, expected):
+    config = load_config(default_config_path(), tiny_run_overrides(tmp_path / "run", synthetic_data) + [
+        "train.optimizer=muon", f"train.mixed_precision='{precision}'"])
+    run = set_up(config)
+    try:
+        assert run.state.mixed_precision == precision
+        assert run.optimizer.optimizer._muon.newton_schulz_dtype == expected
+    finally:
+        run.data.close()
+        run.accelerator.end_training()

@@ -2,9 +2,10 @@
 with AdamW for every other parameter, as one `torch.optim.Optimizer` (one state dict, one learning rate per
 step, so checkpoints, resume and the stage schedule treat both alike).
 
-Muon (Jordan et al. 2024, "Muon: An optimizer for hidden layers in neural networks") is `torch.optim.Muon`:
+Muon (Jordan et al. 2024, "Muon: An optimizer for hidden layers in neural networks") is `torch.optim.Muon`
+with its Newton-Schulz iterations batched and in the run's precision (`BatchedMuon`, eidos/training/muon.py):
 Nesterov momentum whose update matrix is replaced by its nearest semi-orthogonal matrix (five quintic
-Newton-Schulz iterations in bf16). `adjust_lr_fn="match_rms_adamw"` scales the update by 0.2 sqrt(max(rows,
+Newton-Schulz iterations). `adjust_lr_fn="match_rms_adamw"` scales the update by 0.2 sqrt(max(rows,
 cols)), so its RMS is 0.2, that of a typical AdamW update, with decoupled weight decay (Liu et al. 2025, "Muon
 is Scalable for LLM Training"): the stages' AdamW learning rates serve both.
 """
@@ -15,6 +16,7 @@ import torch
 from torch import nn
 
 from eidos.config import TrainConfig
+from eidos.training.muon import BatchedMuon
 
 
 def build_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
@@ -39,7 +41,7 @@ def block_matrices(model: nn.Module) -> list[nn.Parameter]:
 
 
 class MuonWithAdamW(torch.optim.Optimizer):
-    """`torch.optim.Muon` for `muon_params` (2-D) and `torch.optim.AdamW` for `adamw_params`, seen as one optimizer:
+    """`BatchedMuon` for `muon_params` (2-D) and `torch.optim.AdamW` for `adamw_params`, seen as one optimizer:
     its param_groups are the two optimizers' own group dicts and both keep their state in its one state, so
     setting a group's learning rate, `state.clear()` and the state dict reach both.
 
@@ -54,8 +56,8 @@ class MuonWithAdamW(torch.optim.Optimizer):
         self._parts: list[torch.optim.Optimizer] = []
         self._muon = None
         if muon_params:
-            self._muon = torch.optim.Muon(muon_params, lr=lr, weight_decay=weight_decay, momentum=momentum,
-                                          adjust_lr_fn="match_rms_adamw")
+            self._muon = BatchedMuon(muon_params, lr=lr, weight_decay=weight_decay, momentum=momentum,
+                                     adjust_lr_fn="match_rms_adamw")
             self._parts.append(self._muon)
         if adamw_params:
             self._parts.append(torch.optim.AdamW(adamw_params, lr=lr, betas=betas, weight_decay=weight_decay))
@@ -72,6 +74,13 @@ class MuonWithAdamW(torch.optim.Optimizer):
             part.state = self.state
         if self._matrices_adamw is not None:  # load_state_dict brings a new state
             self._matrices_adamw.state = self.state
+
+    def compute_in(self, precision: str) -> None:
+        """Run Muon's Newton-Schulz iterations in the run's resolved precision ("no", "bf16" or "fp16"): bf16 for a
+        bf16 run (as torch's Muon always does), float32 otherwise. Where "auto" chose float32, bf16 products are the
+        slower ones; fp16 would overflow the iterations' powers."""
+        if self._muon is not None:
+            self._muon.newton_schulz_dtype = torch.bfloat16 if precision == "bf16" else torch.float32
 
     def use_for_matrices(self, rule: str, fresh: bool) -> None:
         """Update the block matrices with `rule` ("muon" or "adamw") from now on; `fresh` clears their state (one

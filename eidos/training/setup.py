@@ -27,7 +27,7 @@ from eidos.sampling.pipeline import EidosPipeline, save_pipeline
 from eidos.training.checkpoint import TrainerState, latest_checkpoint, load_checkpoint
 from eidos.training.ema import EMA
 from eidos.training.init_from import InitSource, init_source, run_config
-from eidos.training.optimizer import build_optimizer
+from eidos.training.optimizer import MuonWithAdamW, build_optimizer
 from eidos.training.precision import autocast, resolve_precision
 from eidos.training.previews import PreviewSet, build_preview_set
 from eidos.training.run_folder import check_run_folder
@@ -108,13 +108,15 @@ def set_up(config: Config) -> Run:
     data = open_training_data(config, files, codec, text_encoder, layout.rank, device,
                               accelerator.main_process_first)  # the main process builds the OpenMoji cache once
     model, ema, ema_model = _model(config, data, source, device)
-    optimizer = build_optimizer(model, cfg, device)
-    step_module, optimizer = accelerator.prepare(TrainingStep(model), optimizer)
+    built = build_optimizer(model, cfg, device)
+    step_module, optimizer = accelerator.prepare(TrainingStep(model), built)
     state = TrainerState()
     if checkpoint is not None:
         state = load_checkpoint(accelerator, checkpoint, ema)
         logger.info("resumed from %s at step %d", checkpoint, state.step)
     state.mixed_precision = resolve_precision(cfg.mixed_precision, state.mixed_precision, accelerator)
+    if isinstance(built, MuonWithAdamW):
+        built.compute_in(state.mixed_precision)
     previews = build_preview_set(config.sampling, data.preview_rows, data.held_out, data.latent_shape,
                                  text_encoder.encode)
     run = Run(config, output_dir, accelerator, layout, data, codec.to(device), text_encoder, model, step_module, ema,
