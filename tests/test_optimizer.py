@@ -264,3 +264,20 @@ def test_a_run_orthogonalises_in_the_precision_it_trains_in(tmp_path, synthetic_
     finally:
         run.data.close()
         run.accelerator.end_training()
+
+
+def test_a_step_with_a_closure_returns_its_loss_and_steps_on_the_gradients_it_computes():
+    torch.manual_seed(0)
+    matrix, vector = nn.Parameter(torch.randn(4, 6)), nn.Parameter(torch.randn(3))
+    optimizer = MuonWithAdamW([matrix], [vector], lr=0.01)
+    before = [matrix.detach().clone(), vector.detach().clone()]
+
+    def closure():
+        optimizer.zero_grad()
+        loss = (matrix ** 2).sum() + (vector ** 2).sum()
+        loss.backward()
+        return loss
+
+    loss = optimizer.step(closure)
+    assert torch.isclose(loss, sum((p ** 2).sum() for p in before))
+    assert not torch.equal(matrix, before[0]) and not torch.equal(vector, before[1])

@@ -47,6 +47,14 @@ def learning_rate_scale(rule: str | None, shape: torch.Size) -> float:
     raise ValueError(f"adjust_lr_fn must be 'original' or 'match_rms_adamw', got {rule!r}")
 
 
+def closure_loss(closure) -> torch.Tensor | None:
+    """The loss of an optimizer step's closure, evaluated with gradients on (torch's convention), or None."""
+    if closure is None:
+        return None
+    with torch.enable_grad():
+        return closure()
+
+
 class BatchedMuon(torch.optim.Muon):
     """`torch.optim.Muon` (same arguments, group options and state) whose Newton-Schulz iterations run in
     `newton_schulz_dtype` (torch's bf16 unless set) over all matrices of one shape at once."""
@@ -60,10 +68,7 @@ class BatchedMuon(torch.optim.Muon):
 
     @torch.no_grad()
     def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = closure_loss(closure)
         for group in self.param_groups:
             self._step_group(group)
         return loss

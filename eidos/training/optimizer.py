@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from eidos.config import TrainConfig
-from eidos.training.muon import BatchedMuon
+from eidos.training.muon import BatchedMuon, closure_loss
 
 
 def build_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
@@ -113,10 +113,7 @@ class MuonWithAdamW(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = closure_loss(closure)
         for part in self._parts:
             if part is self._muon and self.matrix_rule == "adamw":
                 part = self._adamw_for_matrices()
