@@ -14,10 +14,23 @@ from pathlib import Path
 import torch
 
 
+def cpu_model(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
+    """The CPU's model name: Linux's /proc/cpuinfo "model name" (platform.processor() is empty on Linux), else
+    what platform reports."""
+    try:
+        for line in cpuinfo.read_text(errors="replace").splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name" and value.strip():
+                return value.strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def machine() -> str:
     if torch.cuda.is_available():
         return torch.cuda.get_device_name()
-    return f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} CPU threads"
+    return f"{cpu_model()}, {torch.get_num_threads()} CPU threads"
 
 
 def synchronize(device: torch.device) -> None:
