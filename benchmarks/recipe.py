@@ -6,11 +6,13 @@
    overrides below) for the same minutes (`train.time_limit_minutes`);
 3. evaluates both with `eidos eval`: the recipe at 1/2/4 consistency steps and with 30 flow steps + CFG, its
    teacher (the flow model its consistency stage distilled, RUN/teacher-<step>) and the peer with 30 flow steps
-   + CFG, and prints one table (the real held-out images are the reference row).
+   + CFG (or at each count of --flow-steps), and prints one table (the real held-out images are the reference
+   row).
 
     python -m benchmarks.recipe --out /tmp/recipe                       # OpenMoji, the default config
     python -m benchmarks.recipe --out /tmp/r --seeds 0 1 2              # three training seeds, and their mean
     python -m benchmarks.recipe --out /tmp/recipe --images-per-prompt 5   # the same runs, 5 eval rounds
+    python -m benchmarks.recipe --out /tmp/recipe --flow-steps 1 2 4 8 30  # flow rows against NFE
     python -m benchmarks.recipe --out /tmp/g --image-set glyphs         # the second image set (glyph_set.py)
     python -m benchmarks.recipe --out /tmp/s --image-set shapes         # the third (shape_set.py): layouts
     python -m benchmarks.recipe --out /tmp/a --recipe objective.consistency_teacher=sample   # an ablation
@@ -143,7 +145,7 @@ def run_seed(args, seed: int, out: Path, data: list[str], max_steps: list[str]
     out.mkdir(parents=True, exist_ok=True)
     common = (["--config", args.config] if args.config else []) + ["--seed", str(seed)] + data
     recipe_overrides = data + args.recipe  # the config keys the recipe run sets
-    flow = ["--flow-steps", str(args.flow_steps), "--guidance-scale", str(args.guidance_scale),
+    flow = ["--flow-steps", *map(str, args.flow_steps), "--guidance-scale", str(args.guidance_scale),
             "--images-per-prompt", str(args.images_per_prompt)]
 
     recipe, recipe_minutes = train_and_eval("recipe", out, common + args.recipe + max_steps, flow)
@@ -158,9 +160,9 @@ def run_seed(args, seed: int, out: Path, data: list[str], max_steps: list[str]
     return [("recipe", recipe), *teachers, ("peer", peer)], recipe_minutes, peer_minutes
 
 
-def table_rows(results: list[tuple[str, dict]], flow_nfe: int) -> dict[str, tuple[str, dict]]:
+def table_rows(results: list[tuple[str, dict]], guided: bool) -> dict[str, tuple[str, dict]]:
     """{row name: (NFE, eval row)} in table order; the real and chance rows once, from the first result, chance
-    last."""
+    last. A flow row's NFE is its step count, twice that with CFG (`guided`)."""
     rows = {}
     for label, result in results:
         for row in result["rows"]:
@@ -171,7 +173,7 @@ def table_rows(results: list[tuple[str, dict]], flow_nfe: int) -> dict[str, tupl
             if row["images"].startswith("consistency"):
                 nfe = row["images"].split()[1]
             elif row["images"].startswith("flow"):
-                nfe = str(flow_nfe)
+                nfe = str(int(row["images"].split()[1]) * (2 if guided else 1))
             rows[row["images"] if reference else f"{label}, {row['images']}"] = (nfe, row)
     return dict(sorted(rows.items(), key=lambda item: item[0].startswith("chance")))  # chance last
 
@@ -221,7 +223,8 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0],
                         help="training seeds; each trains the recipe and its peer in OUT/seed-S (default: 0)")
     parser.add_argument("--fit-minutes", type=float, help="size train.max_steps to about this many minutes here")
-    parser.add_argument("--flow-steps", type=int, default=30)
+    parser.add_argument("--flow-steps", type=int, nargs="+", default=[30], metavar="N",
+                        help="flow Euler step counts of the flow rows, e.g. 2 4 8 30: quality against NFE")
     parser.add_argument("--guidance-scale", type=float, default=1.75, help="CFG of the flow rows")
     parser.add_argument("--images-per-prompt", type=int, default=1,
                         help="eval rounds of one image per caption (rows: mean ± std over the rounds)")
@@ -229,7 +232,6 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     check_same_runs(args.out, {"config": args.config, "recipe": args.recipe, "peer": args.peer,
                                "image_set": args.image_set, "fit_minutes": args.fit_minutes})
-    flow_nfe = 2 * args.flow_steps if args.guidance_scale != 1 else args.flow_steps
     data = image_set_config(args.out, args.image_set) if args.image_set else []
     max_steps = []
     if args.fit_minutes:  # one probe for all seeds: the same budget for each
@@ -240,7 +242,7 @@ def main() -> None:
     per_seed = []
     for seed in args.seeds:
         results, recipe_minutes, peer_minutes = run_seed(args, seed, args.out / f"seed-{seed}", data, max_steps)
-        per_seed.append(table_rows(results, flow_nfe))
+        per_seed.append(table_rows(results, args.guidance_scale != 1))
         print(f"\n{machine()}; training minutes: recipe {recipe_minutes:.1f}, peer {peer_minutes:.1f}; seed {seed}; "
               f"{args.image_set or 'config data'}; recipe overrides {args.recipe or 'none'}; peer "
               f"overrides {args.peer or 'none'}\n")

@@ -92,18 +92,23 @@ def test_sample_cli_is_deterministic_per_seed_and_prompt(run_dir, tmp_path):
 
 def test_eval_cli_scores_the_run_against_its_own_data(run_dir, tmp_path, capsys):
     out = tmp_path / "eval.json"
-    args = ["eval", "--checkpoint", str(run_dir), "--consistency-steps", "1", "2", "--flow-steps", "2",
+    args = ["eval", "--checkpoint", str(run_dir), "--consistency-steps", "1", "2", "--flow-steps", "1", "2",
             "--max-prompts", "10", "--out", str(out), "--consistency-sigmas", "1", "0.5"]
     assert main(args) == 0
     report = json.loads(out.read_text())
     assert report["config"] == str(run_dir / "config.yaml")  # the run's data (16 px, its cache), not the default
     rows = {row["images"]: row for row in report["rows"]}
     assert list(rows) == ["real held-out", "consistency 1 step", "consistency 2 steps", "consistency at s = 1, 0.5",
-                          "flow 2 steps, CFG 1.75", "chance"]
+                          "flow 1 step, CFG 1.75", "flow 2 steps, CFG 1.75", "chance"]
     # the default 2-step grid given as sigmas: the same images, the same scores
     def scores(row):
         return {key: value for key, value in row.items() if key not in ("images", "images/s")}
     assert scores(rows["consistency at s = 1, 0.5"]) == scores(rows["consistency 2 steps"])
+    assert scores(rows["flow 1 step, CFG 1.75"]) != scores(rows["flow 2 steps, CFG 1.75"])
+    # each flow count is a row of its own: the 2-step row is what --flow-steps 2 alone scores
+    assert main([*args[:3], "--consistency-steps", "--flow-steps", "2", "--max-prompts", "10", "--out", str(out)]) == 0
+    alone = json.loads(out.read_text())["rows"][1:-1]
+    assert [scores(row) for row in alone] == [scores(rows["flow 2 steps, CFG 1.75"])]
     assert rows["chance"]["top-1"] == pytest.approx(0.1) and rows["chance"]["top-5"] == pytest.approx(0.5)
     for name in list(rows)[:-1]:
         assert rows[name]["frechet"] >= 0 and 0 <= rows[name]["top-1"] <= rows[name]["top-5"] <= 1
@@ -112,6 +117,7 @@ def test_eval_cli_scores_the_run_against_its_own_data(run_dir, tmp_path, capsys)
     assert "| real held-out |" in capsys.readouterr().out
     assert main(args[:3] + ["--consistency-steps", "0"]) == 2  # refused before loading anything
     assert main(args[:3] + ["--images-per-prompt", "0"]) == 2
+    assert main(args[:3] + ["--flow-steps", "0", "2"]) == 2  # 0 (no flow row) only alone
     assert main(args[:3] + ["--consistency-sigmas", "0.5", "0.7"]) == 2
     assert "strictly decreasing" in capsys.readouterr().err
 

@@ -1,4 +1,5 @@
-"""`eidos eval`: sample quality of an exported model at 1/2/4 consistency steps and N flow steps.
+"""`eidos eval`: sample quality of an exported model at 1/2/4 consistency steps and N flow steps (or several N:
+`--flow-steps 2 4 8 30`, quality against network evaluations).
 
 For every held-out caption of the run's data, one image per sampler setting (seed + i for the i-th caption);
 --images-per-prompt K repeats that K times with new seeds and reports each number's mean over the K rounds and
@@ -32,7 +33,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--consistency-sigmas", type=float, nargs="+", metavar="S",
                         help="also score the consistency sampler stepping from these noise levels (from 1 down, "
                              "e.g. 1 0.67; default grid of N steps: 1, 1 - 1/N, ..., 1/N)")
-    parser.add_argument("--flow-steps", type=int, help="flow Euler steps (default sampling.flow_steps; 0 = none)")
+    parser.add_argument("--flow-steps", type=int, nargs="+", metavar="N",
+                        help="flow Euler steps, one row per count (default sampling.flow_steps; 0 = no flow row)")
     parser.add_argument("--guidance-scale", type=float, help="CFG of flow sampling (default sampling.guidance_scale)")
     parser.add_argument("--max-prompts", type=int, help="use the first N held-out captions (default: all)")
     parser.add_argument("--images-per-prompt", type=int, default=1,
@@ -53,8 +55,10 @@ def run(args: argparse.Namespace) -> int:
     from eidos.sampling.solvers import check_sigmas
     from eidos.training.run_folder import CONFIG_FILE, resolve_model_folder, run_config_path
 
-    if any(n < 1 for n in args.consistency_steps) or (args.flow_steps or 0) < 0:
-        raise ValueError("--consistency-steps must be >= 1 and --flow-steps >= 0")
+    if any(n < 1 for n in args.consistency_steps):
+        raise ValueError(f"--consistency-steps must be >= 1, got {args.consistency_steps}")
+    if args.flow_steps is not None and args.flow_steps != [0] and any(n < 1 for n in args.flow_steps):
+        raise ValueError(f"--flow-steps must be counts >= 1 (or 0 alone: no flow row), got {args.flow_steps}")
     if args.consistency_sigmas is not None:
         check_sigmas(args.consistency_sigmas)
     for flag in ("max_prompts", "images_per_prompt", "max_references", "batch_size"):

@@ -28,7 +28,7 @@ class EvaluationSettings:
 
     consistency_steps: list[int]
     consistency_sigmas: list[float] | None = None  # one more consistency row, on this grid of noise levels
-    flow_steps: int | None = None  # None: the config's sampling.flow_steps; 0: no flow row
+    flow_steps: list[int] | None = None  # one flow row per count; None: the config's sampling.flow_steps; [0]: none
     guidance_scale: float | None = None  # None: the config's sampling.guidance_scale
     max_prompts: int | None = None  # None: every held-out caption
     images_per_prompt: int = 1  # rounds of one image per caption, scored apart and averaged
@@ -71,16 +71,17 @@ def evaluate_model(model_folder: Path, config: Config, settings: EvaluationSetti
 def sampler_settings(config: Config, settings: EvaluationSettings
                      ) -> dict[str, tuple[str, int, float, list[float] | None]]:
     """Row name -> (sampler, steps, guidance scale, sigmas): each consistency step count, the consistency sampler
-    on `consistency_sigmas` if given, then flow Euler with CFG."""
-    flow_steps = config.sampling.flow_steps if settings.flow_steps is None else settings.flow_steps
+    on `consistency_sigmas` if given, then flow Euler with CFG at each flow step count."""
+    flow_steps = [config.sampling.flow_steps] if settings.flow_steps is None else settings.flow_steps
     guidance = config.sampling.guidance_scale if settings.guidance_scale is None else settings.guidance_scale
     rows = {f"consistency {n} step{'s' * (n > 1)}": ("consistency", n, 1.0, None)
             for n in settings.consistency_steps}
     if settings.consistency_sigmas:
         sigmas = settings.consistency_sigmas
         rows[f"consistency at s = {', '.join(f'{s:g}' for s in sigmas)}"] = ("consistency", len(sigmas), 1.0, sigmas)
-    if flow_steps:
-        rows[f"flow {flow_steps} steps, CFG {guidance:g}"] = ("flow", flow_steps, guidance, None)
+    for n in flow_steps:
+        if n > 0:
+            rows[f"flow {n} step{'s' * (n > 1)}, CFG {guidance:g}"] = ("flow", n, guidance, None)
     return rows
 
 
