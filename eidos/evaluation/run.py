@@ -74,15 +74,18 @@ def sampler_settings(config: Config, settings: EvaluationSettings
     on `consistency_sigmas` if given, then flow Euler with CFG at each flow step count."""
     flow_steps = [config.sampling.flow_steps] if settings.flow_steps is None else settings.flow_steps
     guidance = config.sampling.guidance_scale if settings.guidance_scale is None else settings.guidance_scale
-    rows = {f"consistency {n} step{'s' * (n > 1)}": ("consistency", n, 1.0, None)
-            for n in settings.consistency_steps}
+    rows = {f"consistency {steps_label(n)}": ("consistency", n, 1.0, None) for n in settings.consistency_steps}
     if settings.consistency_sigmas:
         sigmas = settings.consistency_sigmas
         rows[f"consistency at s = {', '.join(f'{s:g}' for s in sigmas)}"] = ("consistency", len(sigmas), 1.0, sigmas)
     for n in flow_steps:
-        if n > 0:
-            rows[f"flow {n} step{'s' * (n > 1)}, CFG {guidance:g}"] = ("flow", n, guidance, None)
+        if n > 0:  # 0, from the config or the command line: no flow row
+            rows[f"flow {steps_label(n)}, CFG {guidance:g}"] = ("flow", n, guidance, None)
     return rows
+
+
+def steps_label(n: int) -> str:
+    return f"{n} step{'s' * (n > 1)}"
 
 
 def captioned_images(pipeline, encoded, indices: torch.Tensor, settings: EvaluationSettings) -> CaptionedImages:
