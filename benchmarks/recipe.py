@@ -160,21 +160,16 @@ def run_seed(args, seed: int, out: Path, data: list[str], max_steps: list[str]
     return [("recipe", recipe), *teachers, ("peer", peer)], recipe_minutes, peer_minutes
 
 
-def table_rows(results: list[tuple[str, dict]], guided: bool) -> dict[str, tuple[str, dict]]:
+def table_rows(results: list[tuple[str, dict]]) -> dict[str, tuple[str, dict]]:
     """{row name: (NFE, eval row)} in table order; the real and chance rows once, from the first result, chance
-    last. A flow row's NFE is its step count, twice that with CFG (`guided`)."""
+    last. NFE is what eval recorded for a sampler row (network evaluations per image), "-" for the others."""
     rows = {}
     for label, result in results:
         for row in result["rows"]:
             reference = row["images"].startswith(("real", "chance"))
             if reference and label != results[0][0]:
                 continue
-            nfe = "-"
-            if row["images"].startswith("consistency"):
-                nfe = row["images"].split()[1]
-            elif row["images"].startswith("flow"):
-                nfe = str(int(row["images"].split()[1]) * (2 if guided else 1))
-            rows[row["images"] if reference else f"{label}, {row['images']}"] = (nfe, row)
+            rows[row["images"] if reference else f"{label}, {row['images']}"] = (str(row.get("nfe", "-")), row)
     return dict(sorted(rows.items(), key=lambda item: item[0].startswith("chance")))  # chance last
 
 
@@ -242,7 +237,7 @@ def main() -> None:
     per_seed = []
     for seed in args.seeds:
         results, recipe_minutes, peer_minutes = run_seed(args, seed, args.out / f"seed-{seed}", data, max_steps)
-        per_seed.append(table_rows(results, args.guidance_scale != 1))
+        per_seed.append(table_rows(results))
         print(f"\n{machine()}; training minutes: recipe {recipe_minutes:.1f}, peer {peer_minutes:.1f}; seed {seed}; "
               f"{args.image_set or 'config data'}; recipe overrides {args.recipe or 'none'}; peer "
               f"overrides {args.peer or 'none'}\n")

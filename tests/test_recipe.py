@@ -354,20 +354,20 @@ def test_the_benchmark_averages_each_row_over_training_seeds():
 
     def result(frechet, top5):
         return {"rows": [{"images": "real held-out", "frechet": 1.15, "top-1": 0.25, "top-5": 0.45},
-                         {"images": "consistency 1 step", "frechet": frechet, "frechet std": 0.1, "top-1": 0.1,
-                          "top-5": top5}]}
+                         {"images": "consistency 1 step", "nfe": 1, "frechet": frechet, "frechet std": 0.1,
+                          "top-1": 0.1, "top-5": top5}]}
 
-    seeds = [table_rows([("recipe", result(f, t)), ("peer", result(1.0, 0.3))], guided=True)
+    seeds = [table_rows([("recipe", result(f, t)), ("peer", result(1.0, 0.3))])
              for f, t in ((1.2, 0.24), (1.4, 0.26))]
     assert list(seeds[0]) == ["real held-out", "recipe, consistency 1 step", "peer, consistency 1 step"]
     nfe, row = over_seeds(seeds)["recipe, consistency 1 step"]
     assert nfe == "1" and row["frechet"] == pytest.approx(1.3) and row["top-5"] == pytest.approx(0.25)
     assert row["frechet std"] == pytest.approx(0.1414, abs=1e-4)  # over the seeds, not the rounds' 0.1
     assert row["top-1 std"] == 0 and "frechet std" not in over_seeds(seeds)["real held-out"][1]
-    # a flow row's NFE is its step count, doubled by classifier-free guidance
-    flow = {"rows": [{"images": f"flow {n} step{'s' * (n > 1)}, CFG 1.75", "frechet": 1.2} for n in (1, 8, 30)]}
-    for guided, nfe in ((True, ["2", "16", "60"]), (False, ["1", "8", "30"])):
-        assert [n for n, _ in table_rows([("peer", flow)], guided=guided).values()] == nfe
+    # the NFE column is what eval recorded for each sampler row; "-" where a row has none (eval files from before)
+    flow = {"rows": [{"images": "flow 8 steps, CFG 1.75", "frechet": 1.2, "nfe": 16},
+                     {"images": "flow 30 steps, CFG 1.75", "frechet": 1.2}]}
+    assert [n for n, _ in table_rows([("peer", flow)]).values()] == ["16", "-"]
 
 
 def test_the_shape_sets_captions_name_where_each_shape_is():

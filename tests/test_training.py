@@ -100,6 +100,12 @@ def test_eval_cli_scores_the_run_against_its_own_data(run_dir, tmp_path, capsys)
     rows = {row["images"]: row for row in report["rows"]}
     assert list(rows) == ["real held-out", "consistency 1 step", "consistency 2 steps", "consistency at s = 1, 0.5",
                           "flow 1 step, CFG 1.75", "flow 2 steps, CFG 1.75", "chance"]
+    # each sampler row records its cost: network evaluations per image, two per flow step with CFG
+    assert [(rows[name].get("sampler"), rows[name].get("steps"), rows[name].get("nfe")) for name in rows] == [
+        (None, None, None), ("consistency", 1, 1), ("consistency", 2, 2), ("consistency", 2, 2), ("flow", 1, 2),
+        ("flow", 2, 4), (None, None, None)]
+    assert "| flow 2 steps, CFG 1.75 | 4 |" in capsys.readouterr().out
+
     # the default 2-step grid given as sigmas: the same images, the same scores
     def scores(row):
         return {key: value for key, value in row.items() if key not in ("images", "images/s")}
@@ -109,6 +115,9 @@ def test_eval_cli_scores_the_run_against_its_own_data(run_dir, tmp_path, capsys)
     assert main([*args[:3], "--consistency-steps", "--flow-steps", "2", "--max-prompts", "10", "--out", str(out)]) == 0
     alone = json.loads(out.read_text())["rows"][1:-1]
     assert [scores(row) for row in alone] == [scores(rows["flow 2 steps, CFG 1.75"])]
+    unguided = [*args[:3], "--consistency-steps", "--flow-steps", "2", "--guidance-scale", "1", "--max-prompts", "10"]
+    assert main([*unguided, "--out", str(out)]) == 0
+    assert json.loads(out.read_text())["rows"][1]["nfe"] == 2  # no CFG: one forward per step
     assert rows["chance"]["top-1"] == pytest.approx(0.1) and rows["chance"]["top-5"] == pytest.approx(0.5)
     for name in list(rows)[:-1]:
         assert rows[name]["frechet"] >= 0 and 0 <= rows[name]["top-1"] <= rows[name]["top-5"] <= 1

@@ -92,12 +92,12 @@ def print_rows(rows: list[dict], args: argparse.Namespace) -> None:
         if args.images_per_prompt > 1 else ""
     print(f"\nfeatures: {args.features}; Fréchet distance to the training images; caption alignment hit rates "
           f"(real held-out = the reference, chance = k / distinct prompts){rounds}\n")
-    print("| images | Fréchet distance | top-1 | top-5 | images/s |")
-    print("|---|---|---|---|---|")
+    print("| images | NFE | Fréchet distance | top-1 | top-5 | images/s |")
+    print("|---|---|---|---|---|---|")
     for row in rows:
         frechet = format_metric(row, "frechet", "{:.2f}")
         speed = f"{row['images/s']:.1f}" if "images/s" in row else "-"
-        print(f"| {row['images']} | {frechet} | {format_metric(row, 'top-1', '{:.1%}')} | "
+        print(f"| {row['images']} | {row.get('nfe', '-')} | {frechet} | {format_metric(row, 'top-1', '{:.1%}')} | "
               f"{format_metric(row, 'top-5', '{:.1%}')} | {speed} |")
 
 

@@ -62,10 +62,16 @@ def evaluate_model(model_folder: Path, config: Config, settings: EvaluationSetti
     reference = captioned_images(pipeline, train_set, chosen, settings)
 
     captions = prompts.captions * settings.images_per_prompt  # round after round: image p from seed + p
+    samplers = sampler_settings(config, settings)
     generators = {name: (lambda s=setting: generate(pipeline, captions, *s, settings))
-                  for name, setting in sampler_settings(config, settings).items()}
+                  for name, setting in samplers.items()}
     extractor = load_feature_extractor(settings.features, settings.device, settings.inception_weights)
-    return evaluate(generators, prompts, reference, extractor)
+    rows = evaluate(generators, prompts, reference, extractor)
+    for row in rows:  # what each sampler row costs, for tables that compare samplers at their cost
+        if row["images"] in samplers:
+            sampler, steps, guidance, _ = samplers[row["images"]]
+            row |= {"sampler": sampler, "steps": steps, "nfe": network_evaluations(sampler, steps, guidance)}
+    return rows
 
 
 def sampler_settings(config: Config, settings: EvaluationSettings
@@ -82,6 +88,12 @@ def sampler_settings(config: Config, settings: EvaluationSettings
         if n > 0:  # 0, from the config or the command line: no flow row
             rows[f"flow {steps_label(n)}, CFG {guidance:g}"] = ("flow", n, guidance, None)
     return rows
+
+
+def network_evaluations(sampler: str, steps: int, guidance: float) -> int:
+    """Forwards of the network per image: one per step, two per flow step with classifier-free guidance (the
+    conditional and the unconditional velocity; the consistency sampler takes no guidance)."""
+    return steps * (2 if sampler == "flow" and guidance != 1 else 1)
 
 
 def steps_label(n: int) -> str:
