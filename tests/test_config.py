@@ -26,9 +26,9 @@ def test_shipped_configs_validate(path):
 
 
 def test_dotted_overrides_reach_nested_keys_and_list_items():
-    config = load_config(None, ["train.max_steps=200", "model.width=128", "train.stages.1.learning_rate=1e-4",
+    config = load_config(None, ["train.max_steps=200", "model.width=144", "train.stages.1.learning_rate=1e-4",
                                 "objective.guidance_interval=[0.1, 0.5]"])
-    assert config.train.max_steps == 200 and config.model.width == 128
+    assert config.train.max_steps == 200 and config.model.width == 144
     assert config.train.stages[1].learning_rate == 1e-4
     assert config.objective.guidance_interval == (0.1, 0.5)
     assert config.train.stage_steps() == [80, 80, 40]
@@ -42,6 +42,8 @@ def test_dotted_overrides_reach_nested_keys_and_list_items():
     ("train.max_steps=many", r"config key 'train.max_steps' must be of type int, got 'many'"),
     ("train.stages.0.mask_ratio=1.0", r"train.stages.masked flow.mask_ratio.*expected in \[0, 1\)"),
     ("model.preset=huge", r"model.preset.*'huge'.*expected one of"),
+    ("model.width=256", r"model.width.*256.*a positive multiple of model.heads = 3"),  # the tiny preset's 3 heads
+    ("model.decoder_heads=3", r"model.decoder_width.*128.*a positive multiple of model.decoder_heads = 3"),
     ("train.optimizer=sgd", r"train.optimizer.*'sgd'.*expected one of \('adamw', 'muon'\)"),
     ("train.stages.2.optimizer=lion", r"train.stages.consistency.optimizer.*'lion'.*expected one of"),
     ("train.batch_size=30", r"train.batch_size.*a multiple of train.grad_accumulation_steps=4"),

@@ -159,7 +159,7 @@ def resume_with_another_model_size(ws):
     run = ws.root / "run"
     saved = load_config(default_config_path(), [f"train.output_dir={run}"]).to_dict()
     ws.file("run/config.yaml", yaml.safe_dump(saved))
-    return ["train", f"--output-dir={run}", "model.width=256"]
+    return ["train", f"--output-dir={run}", "model.width=240"]
 
 
 def foreign_folder_intact(ws, caplog):
@@ -318,7 +318,7 @@ PROBES = {
     "train into a foreign folder": Probe(train_into_a_foreign_folder, 2, "proj/config.yaml is not an eidos run config",
                                          foreign_folder_intact),
     "resume with another model size": Probe(resume_with_another_model_size, 2,
-                                            "holds another run (its config.yaml differs: model.width: None -> 256)"),
+                                            "holds another run (its config.yaml differs: model.width: None -> 240)"),
     "sample --device typo": Probe(sample_on_a_typo_device, 2, "--device 'gpu0' is not a device name"),
     "export into a user's folder": Probe(export_into_a_users_folder, 2, "victim is not empty and is not an eidos "
                                                                         "export", victim_intact),

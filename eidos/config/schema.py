@@ -135,6 +135,11 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         _require(self.preset in PRESETS, "model.preset", self.preset, f"one of {sorted(PRESETS)}")
+        shape = {**PRESETS[self.preset], **self.overrides()}
+        for width, heads in (("width", "heads"), ("decoder_width", "decoder_heads")):
+            _require(shape[heads] >= 1, f"model.{heads}", shape[heads], "at least 1")
+            _require(shape[width] >= 1 and shape[width] % shape[heads] == 0, f"model.{width}", shape[width],
+                     f"a positive multiple of model.{heads} = {shape[heads]} (the attention heads split the width)")
 
     def overrides(self) -> dict:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
