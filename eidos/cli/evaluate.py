@@ -22,7 +22,8 @@ import torch
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", required=True,
-                        help="exported model folder, run folder (its latest export) or checkpoint folder")
+                        help="exported model folder, run folder (its final export, else its latest checkpoint's) "
+                             "or checkpoint folder")
     parser.add_argument("--config", default=None,
                         help="config naming the data (default: the run's config.yaml, else the embedded default)")
     parser.add_argument("--features", default="pixels",

@@ -1,4 +1,4 @@
-"""`eidos sample`: prompts -> images with an exported model (or a run folder's latest export)."""
+"""`eidos sample`: prompts -> images with an exported model, a run folder or a checkpoint."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ import torch
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", required=True,
-                        help="exported model folder, run folder (its latest export) or checkpoint folder")
+                        help="exported model folder, run folder (its final export, else its latest checkpoint's) "
+                             "or checkpoint folder")
     parser.add_argument("--prompt", action="append", required=True, help="a prompt; repeat for several")
     parser.add_argument("--steps", type=int, default=1, help="sampling steps (default 1)")
     parser.add_argument("--sigmas", type=float, nargs="+", metavar="S",
