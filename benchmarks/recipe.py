@@ -131,11 +131,19 @@ def train_and_eval(name: str, out: Path, overrides: list[str], eval_args: list[s
 
 
 def evaluate(name: str, model: Path, out: Path, eval_args: list[str]) -> dict:
-    """`eidos eval` of `model`, its result kept under a name that spells the eval arguments (reused if there)."""
+    """`eidos eval` of `model`, its result kept under a name that spells the eval arguments (reused if there, unless
+    an older eval wrote it: one whose sampler rows lack their network evaluations is scored again)."""
     result = out / f"{name}.eval{''.join('_' + arg.lstrip('-') for arg in eval_args)}.json"
-    if not result.exists():
+    current = result.exists() and all("nfe" in row for row in json.loads(result.read_text())["rows"]
+                                      if not is_reference(row))
+    if not current:
         eidos("eval", "--checkpoint", str(model), "--out", str(result), *eval_args, log=out / f"{name}.eval.log")
     return json.loads(result.read_text())
+
+
+def is_reference(row: dict) -> bool:
+    """The real held-out images' row or chance's: the same for every model evaluated on the data."""
+    return row["images"].startswith(("real", "chance"))
 
 
 def run_seed(args, seed: int, out: Path, data: list[str], max_steps: list[str]
@@ -166,7 +174,7 @@ def table_rows(results: list[tuple[str, dict]]) -> dict[str, tuple[str, dict]]:
     rows = {}
     for label, result in results:
         for row in result["rows"]:
-            reference = row["images"].startswith(("real", "chance"))
+            reference = is_reference(row)
             if reference and label != results[0][0]:
                 continue
             rows[row["images"] if reference else f"{label}, {row['images']}"] = (str(row.get("nfe", "-")), row)

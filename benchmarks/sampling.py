@@ -14,7 +14,7 @@ import torch
 from benchmarks.common import machine, median_seconds, print_table
 from eidos import EidosPipeline, MaskDiT, PixelCodec, TextEmbeddings
 from eidos.encoders import decode
-from eidos.sampling import sample_consistency, sample_flow_euler
+from eidos.sampling import network_evaluations, sample_consistency, sample_flow_euler
 
 SAMPLING_HEADER = ["sampler", "batch", "network evals / image", "transformer ms", "images/s (transformer)",
                    "images/s (with decode)", "decode ms"]
@@ -29,8 +29,8 @@ def measure_sampling(model, codec, batch: int, flow_steps: int, repeats: int, de
     text = TextEmbeddings(torch.randn(batch, c.text_dim), torch.randn(batch, text_tokens, c.text_dim),
                           torch.ones(batch, text_tokens, dtype=torch.bool)).to(device)
     runs = {f"consistency {n}": (n, lambda n=n: sample_consistency(model, noise, text, num_steps=n)) for n in (1, 2, 4)}
-    runs[f"flow {flow_steps} + CFG"] = (
-        2 * flow_steps, lambda: sample_flow_euler(model, noise, text, flow_steps, guidance_scale=2.0))
+    runs[f"flow {flow_steps} + CFG"] = (network_evaluations("flow", flow_steps, guidance_scale=2.0),
+                                        lambda: sample_flow_euler(model, noise, text, flow_steps, guidance_scale=2.0))
     rows = []
     with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16):
         decode_seconds = median_seconds(lambda: decode(codec, noise), device, repeats)

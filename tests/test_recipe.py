@@ -1,6 +1,8 @@
 """The training recipe: FACM's flow phase, the flow-branch teacher, per-branch times, EMA restart, warm-up once."""
 
+import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -364,10 +366,32 @@ def test_the_benchmark_averages_each_row_over_training_seeds():
     assert nfe == "1" and row["frechet"] == pytest.approx(1.3) and row["top-5"] == pytest.approx(0.25)
     assert row["frechet std"] == pytest.approx(0.1414, abs=1e-4)  # over the seeds, not the rounds' 0.1
     assert row["top-1 std"] == 0 and "frechet std" not in over_seeds(seeds)["real held-out"][1]
-    # the NFE column is what eval recorded for each sampler row; "-" where a row has none (eval files from before)
-    flow = {"rows": [{"images": "flow 8 steps, CFG 1.75", "frechet": 1.2, "nfe": 16},
-                     {"images": "flow 30 steps, CFG 1.75", "frechet": 1.2}]}
-    assert [n for n, _ in table_rows([("peer", flow)]).values()] == ["16", "-"]
+    # the NFE column is what eval recorded for each sampler row; "-" for the real images
+    flow = {"rows": [{"images": "real held-out", "frechet": 1.15}, {"images": "flow 8 steps, CFG 1.75", "nfe": 16}]}
+    assert [n for n, _ in table_rows([("peer", flow)]).values()] == ["-", "16"]
+
+
+def test_the_benchmark_reuses_an_eval_only_if_it_records_each_rows_cost(tmp_path, monkeypatch):
+    import benchmarks.recipe as recipe
+
+    real = {"images": "real held-out", "frechet": 1.15}
+    calls = []
+
+    def fake_eidos(*args, log):  # `eidos eval ... --out FILE`: writes the current format
+        calls.append(args)
+        rows = [real, {"images": "flow 2 steps", "nfe": 4}]
+        Path(args[args.index("--out") + 1]).write_text(json.dumps({"rows": rows}))
+        return 0.0
+
+    monkeypatch.setattr(recipe, "eidos", fake_eidos)
+    def score():
+        return recipe.evaluate("peer", tmp_path / "peer", tmp_path, ["--flow-steps", "2"])
+
+    assert score()["rows"][1]["nfe"] == 4 and len(calls) == 1
+    assert score()["rows"][1]["nfe"] == 4 and len(calls) == 1  # reused
+    result = tmp_path / "peer.eval_flow-steps_2.json"
+    result.write_text(json.dumps({"rows": [real, {"images": "flow 2 steps"}]}))  # from an eval before the NFE
+    assert score()["rows"][1]["nfe"] == 4 and len(calls) == 2  # scored again
 
 
 def test_the_shape_sets_captions_name_where_each_shape_is():

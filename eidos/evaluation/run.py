@@ -19,6 +19,7 @@ from eidos.encoders import TextEncoder, decode
 from eidos.encoders.pixels import to_uint8
 from eidos.evaluation.features import load_feature_extractor
 from eidos.evaluation.report import CaptionedImages, evaluate
+from eidos.sampling import network_evaluations
 from eidos.sampling.pipeline import EidosPipeline
 
 
@@ -88,12 +89,6 @@ def sampler_settings(config: Config, settings: EvaluationSettings
         if n > 0:  # 0, from the config or the command line: no flow row
             rows[f"flow {steps_label(n)}, CFG {guidance:g}"] = ("flow", n, guidance, None)
     return rows
-
-
-def network_evaluations(sampler: str, steps: int, guidance: float) -> int:
-    """Forwards of the network per image: one per step, two per flow step with classifier-free guidance (the
-    conditional and the unconditional velocity; the consistency sampler takes no guidance)."""
-    return steps * (2 if sampler == "flow" and guidance != 1 else 1)
 
 
 def steps_label(n: int) -> str:

@@ -81,6 +81,12 @@ def flow_velocity(
     return uncond + guidance_scale * (cond - uncond)
 
 
+def network_evaluations(sampler: str, steps: int, guidance_scale: float = 1.0) -> int:
+    """Forwards of the network per image: one per step, two per flow step with classifier-free guidance (the
+    conditional and the unconditional velocity, `flow_velocity`); the consistency sampler takes no guidance."""
+    return steps * (2 if sampler == "flow" and guidance_scale != 1 else 1)
+
+
 def flow_times(num_steps: int) -> list[float]:
     """The uniform grid of an N-step flow sampler: 1, 1 - 1/N, ..., 1/N, 0."""
     if num_steps < 1:
