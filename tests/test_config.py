@@ -42,8 +42,10 @@ def test_dotted_overrides_reach_nested_keys_and_list_items():
     ("train.max_steps=many", r"config key 'train.max_steps' must be of type int, got 'many'"),
     ("train.stages.0.mask_ratio=1.0", r"train.stages.masked flow.mask_ratio.*expected in \[0, 1\)"),
     ("model.preset=huge", r"model.preset.*'huge'.*expected one of"),
-    ("model.width=256", r"model.width.*256.*a positive multiple of model.heads = 3"),  # the tiny preset's 3 heads
-    ("model.decoder_heads=3", r"model.decoder_width.*128.*a positive multiple of model.decoder_heads = 3"),
+    ("model.width=256", r"model.width.*256.*a positive multiple of 4 and of model.heads = 3"),  # tiny: 3 heads
+    ("model.width=198", r"model.width.*198.*a positive multiple of 4 and of model.heads = 3"),
+    ("model.heads=0", r"model.heads.*0.*at least 1"),
+    ("model.decoder_heads=3", r"model.decoder_width.*128.*a positive multiple of 4 and of model.decoder_heads = 3"),
     ("train.optimizer=sgd", r"train.optimizer.*'sgd'.*expected one of \('adamw', 'muon'\)"),
     ("train.stages.2.optimizer=lion", r"train.stages.consistency.optimizer.*'lion'.*expected one of"),
     ("train.batch_size=30", r"train.batch_size.*a multiple of train.grad_accumulation_steps=4"),

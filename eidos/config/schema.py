@@ -138,8 +138,9 @@ class ModelConfig:
         shape = {**PRESETS[self.preset], **self.overrides()}
         for width, heads in (("width", "heads"), ("decoder_width", "decoder_heads")):
             _require(shape[heads] >= 1, f"model.{heads}", shape[heads], "at least 1")
-            _require(shape[width] >= 1 and shape[width] % shape[heads] == 0, f"model.{width}", shape[width],
-                     f"a positive multiple of model.{heads} = {shape[heads]} (the attention heads split the width)")
+            # the attention heads split the width; the 2D sine-cosine position embedding takes it in fours
+            _require(shape[width] >= 1 and shape[width] % math.lcm(shape[heads], 4) == 0, f"model.{width}",
+                     shape[width], f"a positive multiple of 4 and of model.{heads} = {shape[heads]}")
 
     def overrides(self) -> dict:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
