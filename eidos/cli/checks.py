@@ -1,14 +1,23 @@
-"""Checks of what a user typed, run before any heavy work, each failing with one line: what, where, the fix.
+"""Checks of what a user typed, run before any heavy work, each failing with one line: what, where, the fix; and
+the argument several commands share.
 
 The CLI's error boundary (eidos/cli/main.py) prints these ValueError/FileNotFoundError messages and exits 2.
 """
 
 from __future__ import annotations
 
+import argparse
 import tempfile
 from pathlib import Path
 
 import yaml
+
+
+def add_model_argument(parser: argparse.ArgumentParser) -> None:
+    """--checkpoint: the model a command reads, as `eidos.training.run_folder.resolve_model_folder` finds it."""
+    parser.add_argument("--checkpoint", required=True,
+                        help="exported model folder, run folder (its final export, else its latest checkpoint's) "
+                             "or checkpoint folder")
 
 
 def load_user_config(path: str | Path, overrides: list[str]):

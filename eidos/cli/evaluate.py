@@ -19,11 +19,11 @@ from pathlib import Path
 
 import torch
 
+from eidos.cli.checks import add_model_argument
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint", required=True,
-                        help="exported model folder, run folder (its final export, else its latest checkpoint's) "
-                             "or checkpoint folder")
+    add_model_argument(parser)
     parser.add_argument("--config", default=None,
                         help="config naming the data (default: the run's config.yaml, else the embedded default)")
     parser.add_argument("--features", default="pixels",

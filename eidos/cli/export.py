@@ -5,11 +5,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from eidos.cli.checks import add_model_argument
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint", required=True,
-                        help="run folder (its final export, else its latest checkpoint), checkpoint folder, "
-                             "or an exported model folder")
+    add_model_argument(parser)
     parser.add_argument("--out", required=True,
                         help="folder to write (model_index.json + one folder per component); must be new, empty, "
                              "or an earlier eidos export with --overwrite")

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import torch
 
+from eidos.cli.checks import add_model_argument
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint", required=True,
-                        help="exported model folder, run folder (its final export, else its latest checkpoint's) "
-                             "or checkpoint folder")
+    add_model_argument(parser)
     parser.add_argument("--prompt", action="append", required=True, help="a prompt; repeat for several")
     parser.add_argument("--steps", type=int, default=1, help="sampling steps (default 1)")
     parser.add_argument("--sigmas", type=float, nargs="+", metavar="S",

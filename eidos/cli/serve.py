@@ -7,11 +7,11 @@ import logging
 
 import torch
 
+from eidos.cli.checks import add_model_argument
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint", required=True,
-                        help="exported model folder, run folder (its final export, else its latest checkpoint's) "
-                             "or checkpoint folder")
+    add_model_argument(parser)
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine)")
     parser.add_argument("--port", type=int, default=7860, help="port (default 7860)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
