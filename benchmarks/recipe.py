@@ -134,10 +134,11 @@ def evaluate(name: str, model: Path, out: Path, eval_args: list[str]) -> dict:
     """`eidos eval` of `model`, its result kept under a name that spells the eval arguments (reused if there, unless
     an older eval wrote it: one whose sampler rows lack their network evaluations is scored again)."""
     result = out / f"{name}.eval{''.join('_' + arg.lstrip('-') for arg in eval_args)}.json"
-    current = result.exists() and all("nfe" in row for row in json.loads(result.read_text())["rows"]
-                                      if not is_reference(row))
-    if not current:
-        eidos("eval", "--checkpoint", str(model), "--out", str(result), *eval_args, log=out / f"{name}.eval.log")
+    if result.exists():
+        kept = json.loads(result.read_text())
+        if all("nfe" in row for row in kept["rows"] if not is_reference(row)):
+            return kept
+    eidos("eval", "--checkpoint", str(model), "--out", str(result), *eval_args, log=out / f"{name}.eval.log")
     return json.loads(result.read_text())
 
 

@@ -28,7 +28,8 @@ def measure_sampling(model, codec, batch: int, flow_steps: int, repeats: int, de
     noise = torch.randn(batch, c.in_channels, c.sample_size, c.sample_size, generator=generator).to(device)
     text = TextEmbeddings(torch.randn(batch, c.text_dim), torch.randn(batch, text_tokens, c.text_dim),
                           torch.ones(batch, text_tokens, dtype=torch.bool)).to(device)
-    runs = {f"consistency {n}": (n, lambda n=n: sample_consistency(model, noise, text, num_steps=n)) for n in (1, 2, 4)}
+    runs = {f"consistency {n}": (network_evaluations("consistency", n),
+                                 lambda n=n: sample_consistency(model, noise, text, num_steps=n)) for n in (1, 2, 4)}
     runs[f"flow {flow_steps} + CFG"] = (network_evaluations("flow", flow_steps, guidance_scale=2.0),
                                         lambda: sample_flow_euler(model, noise, text, flow_steps, guidance_scale=2.0))
     rows = []

@@ -384,6 +384,7 @@ def test_the_benchmark_reuses_an_eval_only_if_it_records_each_rows_cost(tmp_path
         return 0.0
 
     monkeypatch.setattr(recipe, "eidos", fake_eidos)
+
     def score():
         return recipe.evaluate("peer", tmp_path / "peer", tmp_path, ["--flow-steps", "2"])
 
