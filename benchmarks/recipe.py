@@ -197,7 +197,7 @@ def over_seeds(per_seed: list[dict[str, tuple[str, dict]]]) -> dict[str, tuple[s
     with the standard deviation over the seeds: the spread of training, not of the eval's noise."""
     merged = {}
     for name, (nfe, first) in per_seed[0].items():
-        if name.startswith(("real", "chance")):  # the same for every seed
+        if is_reference(first):  # the same for every seed
             merged[name] = (nfe, first)
             continue
         rows = [seed_rows[name][1] for seed_rows in per_seed if name in seed_rows]
